@@ -1,0 +1,1 @@
+"""trainyard.agents: environments and RLlib algorithms for `kind: rl` jobs."""

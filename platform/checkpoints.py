@@ -1,0 +1,53 @@
+"""Checkpoint files: written atomically, read without running pickled code.
+
+A checkpoint is a folder; training state goes into `state.pt` inside it. Ray (Train's
+checkpoint manager, or the RL loop) decides which folders to keep; this module only makes each
+one safe to write and safe to read.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.pt"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be read (truncated, corrupted, or not ours)."""
+
+
+def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
+    """Write `state` (tensors, numbers, strings, lists, dicts) to folder/state.pt atomically.
+
+    Written to a temporary name and renamed, so a crash mid-write leaves the previous file
+    (or none), never half a file under the real name.
+    """
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / STATE_FILE
+    partial = folder / f".{STATE_FILE}.partial"
+    with open(partial, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, final)
+    return final
+
+
+def load_state(folder: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Read folder/state.pt with `weights_only=True`: tensors and plain data, never code."""
+    import pickle
+
+    import torch
+
+    path = Path(folder) / STATE_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {STATE_FILE} in checkpoint {folder}")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err

@@ -1,0 +1,75 @@
+"""Starting Ray, and asking it for what a job needs before the job starts.
+
+The only module that calls `ray.init`. Locally it starts an embedded Ray sized by the spec;
+with an address it connects to a running cluster. Before training starts it checks that the
+cluster can give the job's resources and fails with the resource's name instead of hanging.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+# Ray prints a token-authentication notice on every local start; a local session needs none.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+class ResourceError(RuntimeError):
+    """The cluster cannot give the job what its spec asks for."""
+
+
+@contextmanager
+def ray_session(address: str | None = None, cpus: int | None = None,
+                dashboard_port: int | None = None) -> Iterator[dict[str, float]]:
+    """Start (or join) Ray for the length of the block; yields the cluster's resources."""
+    import ray
+
+    if ray.is_initialized():  # an embedding program (a test, a notebook) already started it
+        yield dict(ray.cluster_resources())
+        return
+    kwargs: dict = {"log_to_driver": True, "configure_logging": True,
+                    "logging_level": "WARNING"}
+    if address:
+        kwargs["address"] = address
+    else:
+        # GPUs are detected, never declared: declaring one that is not there would let Ray
+        # schedule GPU work on a machine without one. The dashboard serves Ray's state API,
+        # which Ray Train uses to watch its controller; it listens on loopback only.
+        kwargs.update(num_cpus=cpus or os.cpu_count(), include_dashboard=True,
+                      dashboard_host="127.0.0.1")
+        if dashboard_port:
+            kwargs["dashboard_port"] = dashboard_port
+    ray.init(**kwargs)
+    try:
+        yield dict(ray.cluster_resources())
+    finally:
+        ray.shutdown()
+
+
+def require_resources(demand: dict[str, float], timeout_s: float = 30.0,
+                      poll_s: float = 1.0) -> None:
+    """Wait up to `timeout_s` for the cluster to hold `demand`; ResourceError naming the gap.
+
+    A cluster that autoscales may add nodes while we wait; a laptop never will, so the wait is
+    short.
+    """
+    import ray
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        total = ray.cluster_resources()
+        missing = {name: (need, total.get(name, 0.0)) for name, need in demand.items()
+                   if need > total.get(name, 0.0) + 1e-9}
+        if not missing:
+            return
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(poll_s)
+    parts = [f"{name}: the job needs {need:g}, the cluster has {have:g}"
+             for name, (need, have) in sorted(missing.items())]
+    hint = ("lower resources.* in the spec (e.g. -o resources.gpus_per_worker=0), or run on a "
+            "cluster that has them with --address")
+    raise ResourceError(f"Ray cannot provide the job's resources after {timeout_s:g} s: "
+                        f"{'; '.join(parts)}. {hint}")

@@ -1,0 +1,234 @@
+"""Load a job file: YAML -> overrides -> the kind's schema, with errors a person can act on.
+
+Every problem is reported at once, each naming the file, the line, the field path and what was
+expected. Nothing here executes text from the file: YAML is read with the safe loader and the
+override values are parsed as YAML scalars or flow collections.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from trainyard.spec import JobBase
+from trainyard.workloads import get_workload, workloads
+
+Loc = tuple[str | int, ...]
+
+
+class SpecError(Exception):
+    """A job spec that cannot be used. The message is the whole report for the user."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        count = f"{len(problems)} problem{'s' * (len(problems) != 1)}"
+        body = "\n".join(f"  {problem}" for problem in problems)
+        super().__init__(f"job spec {source}: {count}\n{body}")
+
+
+@dataclass
+class LoadedSpec:
+    """A validated job, with where it came from."""
+
+    spec: JobBase
+    source: str
+    overrides: list[str] = field(default_factory=list)
+
+
+def _line_map(text: str) -> tuple[dict[Loc, int], list[str]]:
+    """Map each key path of the YAML document to its 1-based line; report duplicate keys."""
+    lines: dict[Loc, int] = {}
+    duplicates: list[str] = []
+
+    def walk(node: yaml.Node, path: Loc) -> None:
+        if isinstance(node, yaml.MappingNode):
+            seen: set[str] = set()
+            for key_node, value_node in node.value:
+                key = key_node.value
+                child = path + (key,)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    duplicates.append(f"line {line}: {_dotted(child)}: key appears twice; "
+                                      "keep one")
+                seen.add(key)
+                lines[child] = line
+                walk(value_node, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[path + (index,)] = item.start_mark.line + 1
+                walk(item, path + (index,))
+
+    root = yaml.compose(text, Loader=yaml.SafeLoader)
+    if root is not None:
+        walk(root, ())
+    return lines, duplicates
+
+
+def _dotted(loc: Loc) -> str:
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(top level)"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'agent.lr=3e-4' -> (['agent', 'lr'], '3e-4'); values are YAML (lists: '[0, 1]')."""
+    path, sep, raw = text.partition("=")
+    keys = path.strip().split(".")
+    if not sep or not all(k.strip() for k in keys):
+        raise ValueError(f"override {text!r}: expected KEY.PATH=VALUE, e.g. -o train.lr=3e-4")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw  # not YAML: keep the text and let the schema judge it
+    return [k.strip() for k in keys], value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict[Loc, str]:
+    """Set each override in `data` (in place); return {path: the override text} for errors."""
+    origin: dict[Loc, str] = {}
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = data
+        for depth, key in enumerate(keys[:-1]):
+            if not isinstance(node.get(key), dict):
+                if key in node and node[key] is not None:
+                    where = _dotted(tuple(keys[: depth + 1]))
+                    raise ValueError(f"override {text!r}: {where} is not a section")
+                node[key] = {}
+            node = node[key]
+        node[keys[-1]] = value
+        origin[tuple(keys)] = f"-o {text}"
+    return origin
+
+
+def _value_at(data: Any, loc: Loc) -> tuple[Loc, Any]:
+    """Follow `loc` into `data`, skipping the tags pydantic adds for unions; (path, value)."""
+    path: Loc = ()
+    for part in loc:
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
+            data = data[part]
+        else:
+            if isinstance(data, (dict, list)) and not isinstance(part, str | int):
+                continue
+            if isinstance(data, dict) and isinstance(part, str) and "[" in part:
+                continue  # a union tag such as 'function-after[...]'
+            path += (part,)
+            return path, None
+        path += (part,)
+    return path, data
+
+
+def _expected(error: dict, model: type[BaseModel], loc: Loc) -> str:
+    """The human half of one pydantic error."""
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        section = _section_model(model, loc[:-1])
+        allowed = sorted(section.model_fields) if section else []
+        hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        guess = f" (did you mean '{hint[0]}'?)" if hint else ""
+        return f"unknown field{guess}; allowed here: {', '.join(allowed)}"
+    if kind == "missing":
+        section = _section_model(model, loc[:-1])
+        info = section.model_fields.get(str(loc[-1])) if section else None
+        doc = f" ({info.description})" if info and info.description else ""
+        return f"required field is missing{doc}"
+    message = error["msg"]
+    message = message.removeprefix("Value error, ")
+    return f"{message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+
+
+def _section_model(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
+    """The pydantic model that describes the section at `loc`, if it is one."""
+    current: Any = model
+    for part in loc:
+        fields = getattr(current, "model_fields", None)
+        if not fields or part not in fields:
+            return None
+        annotation = fields[part].annotation
+        current = next((t for t in getattr(annotation, "__args__", (annotation,))
+                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if current is None:
+            return None
+    return current if isinstance(current, type) else None
+
+
+def _report(error: ValidationError, model: type[BaseModel], data: dict, name: str,
+            lines: dict[Loc, int], origin: dict[Loc, str]) -> list[str]:
+    problems = []
+    for item in error.errors():
+        path, _ = _value_at(data, tuple(item["loc"]))
+        where = next((origin[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origin),
+                     None)
+        if where is None:
+            line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines),
+                        None)
+            where = f"{name}:{line}" if line else name
+        problems.append(f"{where}: {_dotted(path)}: {_expected(item, model, path)}")
+    return problems
+
+
+def validate_data(data: Any, source: str, overrides: list[str] | None = None,
+                  lines: dict[Loc, int] | None = None) -> LoadedSpec:
+    """Validate an already-parsed document (a dict) against its kind's schema."""
+    lines = lines or {}
+    name = Path(source).name
+    if not isinstance(data, dict):
+        raise SpecError(source, [f"{name}: the file must be a YAML mapping of sections "
+                                 f"(name:, kind:, ...), got {type(data).__name__}"])
+    try:
+        origin = apply_overrides(data, list(overrides or []))
+    except ValueError as err:
+        raise SpecError(source, [str(err)]) from None
+    kind = data.get("kind")
+    known = sorted(workloads())
+    if kind not in known:
+        line = lines.get(("kind",))
+        where = f"{name}:{line}" if line else name
+        got = "is missing" if kind is None else f"is {kind!r}"
+        raise SpecError(source, [f"{where}: kind: {got}; expected one of: {', '.join(known)}"])
+    model = get_workload(kind).spec_model
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(source, _report(err, model, data, name, lines, origin)) from None
+    return LoadedSpec(spec=spec, source=source, overrides=list(overrides or []))
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
+    """Read, override and validate the job file at `path`; SpecError on any problem."""
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        what = "is a folder" if path.is_dir() else "does not exist"
+        raise SpecError(source, [f"{source}: the file {what} (looked at {path.resolve()}); "
+                                 "pass a job YAML such as supervised/configs/digits_cnn.yaml"])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise SpecError(source, [f"{source}: cannot read the file: {err}"]) from None
+    try:
+        data = yaml.safe_load(text)
+        lines, duplicates = _line_map(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"{path.name}:{mark.line + 1}" if mark else path.name
+        problem = getattr(err, "problem", None) or str(err)
+        raise SpecError(source, [f"{where}: YAML syntax error: {problem}; check the indentation "
+                                 "and the ':' after each key on that line"]) from None
+    if duplicates:
+        raise SpecError(source, [f"{path.name}:{d.removeprefix('line ')}" for d in duplicates])
+    return validate_data(data if data is not None else {}, source, overrides, lines)
+
+
+def dump_spec(spec: JobBase) -> str:
+    """The resolved spec as YAML: every default written out, enough to re-run the job."""
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

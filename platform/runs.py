@@ -1,0 +1,141 @@
+"""One run of a job, from a validated spec to a closed MLflow run: `run` and `resume`.
+
+Ray is started by the caller (see `launcher.ray_session`); this module opens or reopens the
+MLflow run, hands the workload a `RunContext`, prints progress, and records how it ended.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainyard import tracking
+from trainyard.loader import LoadedSpec, dump_spec, validate_data
+from trainyard.progress import ProgressChannel, ProgressPrinter
+from trainyard.spec import JobBase, flatten
+from trainyard.tracking import TAG, RunRef
+from trainyard.workloads import get_workload
+
+
+@dataclass
+class RunContext:
+    """What a workload gets for one run; picklable, it travels to Ray workers."""
+
+    run: RunRef
+    seed: int
+    #: absolute folder (or URI) that holds this job's runs' checkpoints
+    storage_path: str
+    #: this run's folder name under storage_path (stable across resumes)
+    storage_name: str
+    resume: bool = False
+    #: per metric, the last step already logged (a resumed run logs only later steps)
+    skip_through: dict[str, int] = field(default_factory=dict)
+    progress: ProgressChannel | None = None
+
+    def logger(self) -> tracking.RunLogger:
+        return tracking.RunLogger(self.run, self.skip_through)
+
+    def emit(self, label: str, metrics: dict[str, float]) -> None:
+        if self.progress is not None:
+            self.progress.emit(label, metrics)
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    run_name: str
+    status: str
+    metrics: dict[str, float]
+    seconds: float
+    first_step_s: float | None
+
+
+def _storage_path(spec: JobBase) -> str:
+    path = spec.checkpoint.path
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def _run_name(spec: JobBase, seed: int) -> str:
+    return f"{spec.name}-seed{seed}" if len(spec.seeds) > 1 or seed != 0 else spec.name
+
+
+def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
+    """Train, print progress, close the MLflow run with its status. Re-raises failures."""
+    workload = get_workload(spec.kind)
+    start = time.monotonic()
+    ctx.progress = ProgressChannel()
+    printer = ProgressPrinter(ctx.progress, f"[{label}]", workload.headline_metric)
+    status = "FAILED"
+    try:
+        with printer:
+            metrics = workload.train(spec, ctx)
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        tracking.close_run(ctx.run, status, curves_of=_curve_keys(ctx.run))
+    return RunOutcome(ctx.run.run_id, label, status, metrics, time.monotonic() - start,
+                      printer.first_seen)
+
+
+def _curve_keys(ref: RunRef) -> list[str]:
+    """The metrics worth a plot: the train/val/eval curves a person looks at first."""
+    try:
+        keys = tracking.last_steps(ref)
+    except Exception:
+        return []
+    wanted = ("train/loss", "val/loss", "val/accuracy", "train/accuracy", "eval/return_mean",
+              "train/return_mean")
+    return [key for key in wanted if key in keys]
+
+
+def run_job(loaded: LoadedSpec, seeds: list[int] | None = None) -> list[RunOutcome]:
+    """Run the job once per seed (in order), each seed its own MLflow run."""
+    spec = loaded.spec
+    uri = tracking.resolve_uri(spec.tracking.uri)
+    experiment = spec.tracking.experiment or spec.name
+    job_yaml = dump_spec(spec)
+    outcomes = []
+    for seed in seeds if seeds is not None else spec.seeds:
+        name = _run_name(spec, seed)
+        tags = {f"{TAG}kind": spec.kind, f"{TAG}job": spec.name, f"{TAG}seed": str(seed),
+                f"{TAG}source": str(Path(loaded.source).resolve()),
+                f"{TAG}overrides": " ".join(loaded.overrides),
+                f"{TAG}storage_path": _storage_path(spec)}
+        params = {**flatten(spec.model_dump(mode="json")), "seed": seed}
+        ref = tracking.open_run(uri, experiment, name, tags, params, job_yaml, spec.description)
+        tracking.set_tags(ref, {f"{TAG}storage_name": ref.run_id})
+        print(f"[{name}] MLflow run {ref.run_id} in experiment '{experiment}' ({uri})",
+              flush=True)
+        ctx = RunContext(ref, seed, _storage_path(spec), ref.run_id)
+        outcomes.append(_execute(spec, ctx, name))
+    return outcomes
+
+
+def load_for_resume(run_id: str, uri: str | None = None) -> tuple[LoadedSpec, RunRef, dict]:
+    """The spec and tags of a run to resume, from its own job.yaml artifact."""
+    import yaml
+
+    ref = RunRef(tracking.resolve_uri(uri), run_id)
+    info = tracking.run_info(ref)
+    data = yaml.safe_load(info["job_yaml"])
+    loaded = validate_data(data, f"job.yaml of run {run_id}")
+    return loaded, ref, info
+
+
+def resume_job(loaded: LoadedSpec, ref: RunRef, info: dict[str, Any]) -> RunOutcome:
+    """Continue a stopped or killed run from its latest checkpoint, in the same MLflow run."""
+    tags = info["tags"]
+    seed = int(tags.get(f"{TAG}seed", loaded.spec.seeds[0]))
+    skip = tracking.last_steps(ref)
+    tracking.reopen_run(ref)
+    tracking.set_tags(ref, {f"{TAG}resumed_by": " ".join(sys.argv)})
+    ctx = RunContext(ref, seed, tags[f"{TAG}storage_path"], tags[f"{TAG}storage_name"],
+                     resume=True, skip_through=skip)
+    print(f"[{info['name']}] resuming MLflow run {ref.run_id} from its latest checkpoint in "
+          f"{ctx.storage_path}/{ctx.storage_name}", flush=True)
+    return _execute(loaded.spec, ctx, info["name"])

@@ -1,0 +1,144 @@
+"""The job spec: the sections every job has, whatever it trains.
+
+A job file is one YAML document. `kind` picks the workload (`supervised`, `rl`); each workload
+subclasses `JobBase` with its own sections (`model`/`data`/`train`, or `agent`) and its own
+`resources`, `stop` and `checkpoint`. Every field has a type, a default and a one-line doc;
+unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from trainyard.sweep_space import parse_space_expr
+
+_SUFFIXES = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
+
+
+def _parse_count(value: Any) -> Any:
+    """Accept counts written the way people write them: 2e6, 2_000_000, '10k', '2M'."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().replace("_", "").lower()
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)([kmb]?)", text)
+        if match:
+            number = float(match.group(1)) * _SUFFIXES.get(match.group(2), 1)
+            if number.is_integer():
+                return int(number)
+        try:
+            number = float(text)
+        except ValueError:
+            return value
+        if number.is_integer():
+            return int(number)
+    return value
+
+
+#: A count of things (steps, epochs, samples): a whole number, written as 2e6, '2M' or 2_000_000.
+Count = Annotated[int, BeforeValidator(_parse_count)]
+
+
+class Section(BaseModel):
+    """Base of every spec section: unknown keys are errors; numbers may fill string fields."""
+
+    model_config = ConfigDict(extra="forbid", coerce_numbers_to_str=True, validate_default=True)
+
+
+class Tracking(Section):
+    """Where the run is recorded."""
+
+    uri: str | None = Field(
+        None, description="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else a sqlite "
+        "store in ./trainyard-runs/ of the working directory")
+    experiment: str | None = Field(None, description="MLflow experiment; default: the job name")
+    system_metrics: bool = Field(
+        True, description="log CPU/memory/GPU utilisation with the run (MLflow system metrics)")
+
+
+class Resources(Section):
+    """What the job asks Ray for. Workloads add their worker counts."""
+
+    cpus: int | None = Field(
+        None, gt=0, description="logical CPUs the embedded Ray offers (default: this machine's "
+        "cores); ignored when connecting to a cluster with --address")
+
+
+class Stop(Section):
+    """When the run ends; the first limit reached wins. Workloads add their own units."""
+
+    minutes: float | None = Field(None, gt=0, description="wall-clock budget in minutes")
+
+
+class Checkpoint(Section):
+    """Periodic checkpoints, kept in the run's storage path and recorded in MLflow."""
+
+    keep: int = Field(3, ge=1, description="how many recent checkpoints to keep")
+    path: str = Field(
+        "trainyard-runs/checkpoints",
+        description="folder (or cloud URI) holding the runs' checkpoints; relative paths are "
+        "taken from the working directory")
+
+
+class Sweep(Section):
+    """How `trainyard sweep` tunes the job."""
+
+    metric: str = Field(..., description="metric to optimise, e.g. val/accuracy")
+    mode: Literal["max", "min"] = Field("max", description="maximise or minimise the metric")
+    num_samples: int = Field(8, ge=1, description="trials to draw from the space")
+    search: Literal["random", "grid", "optuna"] = Field("random", description="search algorithm")
+    scheduler: Literal["fifo", "asha", "pbt"] = Field("fifo", description="trial scheduler")
+    max_concurrent: int | None = Field(None, ge=1, description="trials running at once")
+    minutes: float | None = Field(None, gt=0, description="time budget for the whole sweep")
+    space: dict[str, str] = Field(
+        default_factory=dict,
+        description="dotted spec path -> uniform(a, b) | loguniform(a, b) | randint(a, b) | "
+        "choice(x, y, ...) | grid(x, y, ...)")
+
+    @field_validator("space")
+    @classmethod
+    def _check_space(cls, space: dict[str, str]) -> dict[str, str]:
+        for path, expr in space.items():
+            try:
+                parse_space_expr(expr)
+            except ValueError as err:
+                raise ValueError(f"space[{path!r}]: {err}") from None
+        return space
+
+
+class JobBase(Section):
+    """Sections common to every job. Workloads subclass this with `kind` fixed."""
+
+    name: str = Field(..., min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+                      description="job name: letters, digits, '.', '_' or '-'")
+    kind: str = Field(..., description="which workload runs the job: supervised | rl")
+    description: str = Field("", description="free text shown with the run in MLflow")
+    tracking: Tracking = Field(default_factory=Tracking, description="MLflow settings")
+    seeds: list[int] = Field([0], min_length=1, description="one run per seed, in order")
+    sweep: Sweep | None = Field(None, description="search space for `trainyard sweep`")
+
+    @field_validator("seeds")
+    @classmethod
+    def _check_seeds(cls, seeds: list[int]) -> list[int]:
+        if any(seed < 0 for seed in seeds):
+            raise ValueError("seeds must be non-negative integers")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("seeds must not repeat")
+        return seeds
+
+    def resource_demand(self) -> dict[str, float]:
+        """Total Ray resources the job needs at once, e.g. {'CPU': 2, 'GPU': 1}."""
+        raise NotImplementedError
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}; lists stay values (they are one parameter)."""
+    if isinstance(data, dict):
+        flat: dict[str, Any] = {}
+        for key, value in data.items():
+            flat.update(flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix[:-1]: data}

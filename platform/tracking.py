@@ -1,0 +1,240 @@
+"""MLflow tracking: the only module that imports mlflow.
+
+The driver opens a run (params, tags, the resolved job.yaml), the training process logs
+metrics through a `RunLogger` (rank 0 of a Ray Train job, or the RLlib driver loop), and the
+driver closes the run with its learning curves. Everything goes through `MlflowClient` with an
+explicit run id, so it works the same in the driver and in a Ray worker process.
+"""
+
+from __future__ import annotations
+
+import getpass
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+# MLflow announces its database migrations at INFO on every first use of a store.
+logging.getLogger("mlflow").setLevel(logging.WARNING)
+
+DEFAULT_DIR = "trainyard-runs"
+TAG = "trainyard."  # prefix of our own tags
+_BATCH = 100  # MLflow accepts at most 100 params (1000 metrics) per log_batch call
+
+
+def default_uri() -> str:
+    """sqlite store in ./trainyard-runs/ (its artifacts beside it)."""
+    return f"sqlite:///{Path(DEFAULT_DIR, 'mlflow.db').resolve()}"
+
+
+def resolve_uri(spec_uri: str | None) -> str:
+    """The tracking URI: the spec's, else $MLFLOW_TRACKING_URI, else the local default.
+
+    Relative sqlite/file paths are made absolute so Ray workers (other working directories)
+    write to the same store.
+    """
+    uri = spec_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_uri()
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    elif "://" not in uri:
+        uri = Path(uri).resolve().as_uri()
+    if uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return uri
+
+
+def _artifact_root(uri: str) -> str | None:
+    """Where a new experiment's artifacts go: beside a local sqlite store; else the server's."""
+    if uri.startswith("sqlite:///"):
+        return Path(uri.removeprefix("sqlite:///")).parent.joinpath("artifacts").as_uri()
+    return None
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return out + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def _versions() -> dict[str, str]:
+    found = {}
+    for package in ("trainyard", "torch", "ray", "mlflow", "gymnasium", "numpy"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "absent"
+    return found
+
+
+def _hardware() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"cpu x{os.cpu_count()}"
+
+
+@dataclass(frozen=True)
+class RunRef:
+    """A run that exists in a tracking store; picklable, so it can travel to Ray workers."""
+
+    uri: str
+    run_id: str
+
+
+def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
+             params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
+    """Create a run with its tags, params and the resolved job.yaml; return its reference."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        experiment_id = client.create_experiment(experiment, artifact_location=_artifact_root(uri))
+    else:
+        experiment_id = found.experiment_id
+    all_tags = {
+        "mlflow.source.name": "trainyard", "mlflow.user": getpass.getuser(),
+        "mlflow.note.content": description,
+        f"{TAG}git_commit": _git_commit(), f"{TAG}host": socket.gethostname(),
+        f"{TAG}hardware": _hardware(), f"{TAG}command": " ".join(sys.argv),
+        **{f"{TAG}version.{name}": v for name, v in _versions().items()},
+        **tags,
+    }
+    run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)
+    ref = RunRef(uri, run.info.run_id)
+    items = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
+    for start in range(0, len(items), _BATCH):
+        client.log_batch(ref.run_id, params=items[start:start + _BATCH])
+    log_text(ref, job_yaml, "job.yaml")
+    return ref
+
+
+def log_text(ref: RunRef, text: str, artifact_file: str) -> None:
+    MlflowClient(ref.uri).log_text(ref.run_id, text, artifact_file)
+
+
+def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None) -> None:
+    MlflowClient(ref.uri).log_artifact(ref.run_id, str(path), artifact_path)
+
+
+def set_tags(ref: RunRef, tags: dict[str, str]) -> None:
+    client = MlflowClient(ref.uri)
+    client.log_batch(ref.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+
+def reopen_run(ref: RunRef) -> None:
+    """Mark a stopped run as running again (resume)."""
+    MlflowClient(ref.uri).update_run(ref.run_id, status="RUNNING")
+
+
+def close_run(ref: RunRef, status: str, curves_of: list[str] | None = None) -> None:
+    """End the run: FINISHED | FAILED | KILLED, with a learning-curve PNG of `curves_of`."""
+    if curves_of:
+        try:
+            _log_learning_curves(ref, curves_of)
+        except Exception as err:  # a missing plot must not lose the run's status
+            print(f"warning: could not draw the learning curves: {err}", file=sys.stderr)
+    MlflowClient(ref.uri).set_terminated(ref.run_id, status=status)
+
+
+def run_info(ref: RunRef) -> dict[str, Any]:
+    """What resume needs: the run's tags, status, and its resolved job.yaml text."""
+    client = MlflowClient(ref.uri)
+    run = client.get_run(ref.run_id)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path="job.yaml",
+                                                   dst_path=tmp, tracking_uri=ref.uri)
+        job_yaml = Path(path).read_text()
+    return {"tags": dict(run.data.tags), "status": run.info.status, "job_yaml": job_yaml,
+            "name": run.info.run_name, "metrics": dict(run.data.metrics)}
+
+
+def last_steps(ref: RunRef) -> dict[str, int]:
+    """The last step logged for each metric of a run (so a resumed run does not repeat)."""
+    client = MlflowClient(ref.uri)
+    run = client.get_run(ref.run_id)
+    return {key: max(m.step for m in client.get_metric_history(ref.run_id, key))
+            for key in run.data.metrics}
+
+
+def latest_metrics(ref: RunRef) -> dict[str, float]:
+    """The last value of every metric of a run."""
+    return dict(MlflowClient(ref.uri).get_run(ref.run_id).data.metrics)
+
+
+def metric_history(ref: RunRef, key: str) -> list[tuple[int, float]]:
+    """(step, value) pairs of one metric, in step order."""
+    history = MlflowClient(ref.uri).get_metric_history(ref.run_id, key)
+    return sorted((m.step, m.value) for m in history)
+
+
+class RunLogger:
+    """Logs metrics to one run. Used by the process that trains (rank 0 of a Train job).
+
+    After a resume, points at or before the last step already in the store are dropped, so a
+    metric's steps never repeat or go backwards.
+    """
+
+    def __init__(self, ref: RunRef, skip_through: dict[str, int] | None = None):
+        self.ref = ref
+        self.client = MlflowClient(ref.uri)
+        self.skip_through = dict(skip_through or {})
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        import time
+
+        now = int(time.time() * 1000)
+        points = [Metric(key, float(value), now, step) for key, value in metrics.items()
+                  if step > self.skip_through.get(key, -1)]
+        if points:
+            self.client.log_batch(self.ref.run_id, metrics=points)
+
+
+def _log_learning_curves(ref: RunRef, keys: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    histories = {key: metric_history(ref, key) for key in keys}
+    histories = {key: points for key, points in histories.items() if points}
+    if not histories:
+        return
+    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.4),
+                             squeeze=False)
+    for axis, (key, points) in zip(axes[0], histories.items()):
+        steps, values = zip(*points)
+        axis.plot(steps, values, marker="." if len(steps) < 50 else None)
+        axis.set_title(key)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    fig.tight_layout()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "learning_curves.png")
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        log_artifact(ref, path, "plots")
+
+
+def ui_command(uri: str, host: str, port: int) -> list[str]:
+    """The `mlflow ui` command line for a store."""
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+            "--host", host, "--port", str(port)]

@@ -1,0 +1,57 @@
+"""The registry of workloads: how the core finds what can train a `kind` of job.
+
+The core never imports `trainyard.supervised` or `trainyard.agents`. Each workload publishes a
+`Workload` under the `trainyard.workloads` entry-point group (see pyproject.toml); a third-party
+package can add a kind the same way.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from functools import cache
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from trainyard.runs import RunContext
+    from trainyard.spec import JobBase
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What the core needs from a workload."""
+
+    kind: str
+    #: pydantic model of the whole job for this kind (a JobBase subclass)
+    spec_model: type["JobBase"]
+    #: trains one seed of a job: fn(spec, ctx) -> final metrics. Imported lazily by the
+    #: workload so that validating a spec does not import torch or RLlib.
+    train: Callable[["JobBase", "RunContext"], dict[str, float]]
+    #: metric shown on the progress line and summarised at the end
+    headline_metric: str
+    #: names the spec's kind-specific fields accept (for the error messages and docs)
+    names: dict[str, Any] = field(default_factory=dict)
+
+
+@cache
+def workloads() -> dict[str, Workload]:
+    """All installed workloads, by kind."""
+    found: dict[str, Workload] = {}
+    for point in entry_points(group="trainyard.workloads"):
+        try:
+            workload = point.load()
+        except Exception as err:  # one broken plug-in must not take the others down
+            warnings.warn(f"trainyard workload {point.name!r} ({point.value}) failed to load: "
+                          f"{err}", stacklevel=2)
+            continue
+        found[workload.kind] = workload
+    return found
+
+
+def get_workload(kind: str) -> Workload:
+    """The workload for `kind`; KeyError naming the known kinds if there is none."""
+    known = workloads()
+    if kind not in known:
+        raise KeyError(f"unknown kind {kind!r}; installed kinds: {', '.join(sorted(known))}")
+    return known[kind]

@@ -1,0 +1,1 @@
+"""trainyard.supervised: models, data and the Ray Train loop for `kind: supervised` jobs."""

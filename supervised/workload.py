@@ -1,0 +1,17 @@
+"""The `supervised` workload as the core sees it (entry point `trainyard.workloads`)."""
+
+from __future__ import annotations
+
+from trainyard.supervised.spec import ARCHS, DATASETS, SupervisedJob
+from trainyard.workloads import Workload
+
+
+def _train(spec, ctx):
+    from trainyard.supervised.trainer import train  # torch and Ray Train only when training
+
+    return train(spec, ctx)
+
+
+WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
+                    headline_metric="val/accuracy",
+                    names={"model.arch": ARCHS, "data.name": DATASETS})
