@@ -51,3 +51,47 @@ def load_state(folder: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
         raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
+
+
+# Folders of checkpoints that the training loop manages itself (RLlib algorithms): each is
+# written under a temporary name, gets a marker file last, and is renamed into place.
+MARKER = "trainyard-checkpoint.json"
+
+
+def commit_folder(partial: str | Path, final: str | Path, info: dict[str, Any]) -> Path:
+    """Finish a checkpoint written into `partial`: write its marker, rename it to `final`."""
+    import json
+
+    partial, final = Path(partial), Path(final)
+    (partial / MARKER).write_text(json.dumps(info))
+    os.replace(partial, final)
+    return final
+
+
+def list_folders(root: str | Path, prefix: str = "checkpoint_") -> list[Path]:
+    """Committed checkpoint folders under root, oldest first (names sort by iteration)."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(prefix))
+
+
+def latest_valid(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint folder with a readable marker; damaged ones are skipped, warned."""
+    import json
+    import warnings
+
+    for folder in reversed(list_folders(root)):
+        try:
+            return folder, json.loads((folder / MARKER).read_text())
+        except (OSError, ValueError) as err:
+            warnings.warn(f"skipping damaged checkpoint {folder}: {err}", stacklevel=2)
+    return None
+
+
+def prune(root: str | Path, keep: int) -> None:
+    """Delete all but the `keep` newest checkpoint folders."""
+    import shutil
+
+    for folder in list_folders(root)[:-keep]:
+        shutil.rmtree(folder, ignore_errors=True)

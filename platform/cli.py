@@ -17,6 +17,7 @@ import sys
 from typing import Sequence
 
 from trainyard.loader import SpecError, dump_spec, load_spec
+from trainyard.workloads import get_workload
 
 BAD_INPUT, NO_RESOURCES, INTERRUPTED = 2, 3, 130
 
@@ -77,9 +78,10 @@ def _train(loaded, address, dashboard_port, start) -> int:
     with launcher.ray_session(address, spec.resources.cpus, dashboard_port):
         launcher.require_resources(spec.resource_demand())
         outcomes = start()
+    headline = get_workload(spec.kind).headline_metric
     for outcome in outcomes:
         final = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items())
-                          if k.startswith(("test/", "val/", "eval/")))
+                          if k == headline or k.startswith(("test/", "eval/")))
         print(f"[{outcome.run_name}] {outcome.status} in {outcome.seconds:.0f}s  {final}")
     uri = runs.tracking.resolve_uri(spec.tracking.uri)
     print(f"\nLook at the runs:  trainyard ui   (MLflow UI on http://127.0.0.1:5000, store {uri})")

@@ -1,0 +1,119 @@
+"""The RL training loop: an RLlib algorithm driven by the job spec, logged to MLflow.
+
+RLlib does the sampling and learning (`Algorithm.train()`); this loop adds what a trainyard
+run needs around it: stop conditions in the spec's units, one progress line per iteration,
+metrics under trainyard's names, and atomic checkpoints that `trainyard resume` continues from.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainyard import checkpoints
+
+if TYPE_CHECKING:
+    from trainyard.agents.spec import RLJob
+    from trainyard.runs import RunContext
+
+# RLlib result key path -> trainyard metric name (see README "Metrics").
+METRICS = {
+    ("env_runners", "episode_return_mean"): "train/return_mean",
+    ("env_runners", "episode_return_max"): "train/return_max",
+    ("env_runners", "episode_len_mean"): "train/episode_len_mean",
+    ("learners", "default_policy", "qf_loss"): "train/loss",
+    ("learners", "default_policy", "qf_mean"): "train/q_mean",
+    ("learners", "default_policy", "td_error_mean"): "train/td_error_mean",
+}
+STEPS_KEY = ("env_runners", "num_env_steps_sampled_lifetime")
+
+
+def _dig(result: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        if not isinstance(result, dict) or key not in result:
+            return None
+        result = result[key]
+    return result
+
+
+def build_config(spec: "RLJob", seed: int):
+    """The RLlib AlgorithmConfig for the spec (new API stack)."""
+    from ray.rllib.algorithms.dqn import DQNConfig
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+
+    agent, res = spec.agent, spec.resources
+    replay = "PrioritizedEpisodeReplayBuffer" if agent.prioritized_replay else "EpisodeReplayBuffer"
+    return (
+        DQNConfig()
+        .environment(agent.env)
+        .env_runners(num_env_runners=res.env_runners,
+                     num_envs_per_env_runner=res.envs_per_env_runner,
+                     num_cpus_per_env_runner=res.cpus_per_env_runner,
+                     num_gpus_per_env_runner=res.gpus_per_env_runner,
+                     rollout_fragment_length=agent.rollout_fragment_length)
+        .learners(num_learners=res.learners, num_gpus_per_learner=res.gpus_per_learner)
+        .training(lr=agent.lr, gamma=agent.gamma, train_batch_size_per_learner=agent.batch_size,
+                  n_step=agent.n_step, double_q=agent.double_q, dueling=agent.dueling,
+                  target_network_update_freq=agent.target_update_every,
+                  num_steps_sampled_before_learning_starts=agent.learning_starts,
+                  epsilon=[(0, agent.epsilon_start), (agent.epsilon_steps, agent.epsilon_end)],
+                  training_intensity=agent.training_intensity,
+                  replay_buffer_config={"type": replay, "capacity": agent.replay_capacity})
+        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(agent.hidden)))
+        .debugging(seed=seed)
+    )
+
+
+def _save(algo, root: Path, progress: dict, keep: int) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=".partial_", dir=root))
+    algo.save_to_path(str(partial))
+    checkpoints.commit_folder(partial, root / f"checkpoint_{progress['iteration']:06d}", progress)
+    checkpoints.prune(root, keep)
+
+
+def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
+    """Train until a stop condition; return the last metrics."""
+    root = Path(ctx.storage_path) / ctx.storage_name
+    algo = build_config(spec, ctx.seed).build_algo()
+    progress = {"iteration": 0, "env_steps": 0, "seconds": 0.0}
+    if ctx.resume and (found := checkpoints.latest_valid(root)):
+        folder, progress = found
+        algo.restore_from_path(str(folder))
+    logger, stop = ctx.logger(), spec.stop
+    started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
+    metrics: dict[str, float] = {}
+    try:
+        while True:
+            result = algo.train()
+            progress["iteration"] += 1
+            steps = int(_dig(result, STEPS_KEY) or 0)
+            now = time.monotonic()
+            progress["env_steps"] = steps
+            progress["seconds"] += now - last_time
+            metrics = {name: float(v) for path, name in METRICS.items()
+                       if isinstance(v := _dig(result, path), (int, float))}
+            metrics["perf/env_steps_per_s"] = (steps - last_steps) / max(now - last_time, 1e-9)
+            metrics["train/iteration"] = progress["iteration"]
+            last_time, last_steps = now, steps
+            logger.log(metrics, step=steps)
+            ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)
+            done = _should_stop(spec, progress, metrics, now - started)
+            if done or progress["iteration"] % spec.checkpoint.every_iterations == 0:
+                _save(algo, root, progress, spec.checkpoint.keep)
+            if done:
+                return metrics
+    finally:
+        algo.stop()
+
+
+def _should_stop(spec: "RLJob", progress: dict, metrics: dict, elapsed_s: float) -> bool:
+    stop = spec.stop
+    return bool(
+        (stop.env_steps and progress["env_steps"] >= stop.env_steps)
+        or (stop.iterations and progress["iteration"] >= stop.iterations)
+        or (stop.minutes and elapsed_s >= 60 * stop.minutes)
+        or (stop.return_target is not None
+            and metrics.get("train/return_mean", float("-inf")) >= stop.return_target))

@@ -1,0 +1,89 @@
+"""The `kind: rl` job: the agent section and RL units (env steps, training iterations)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from trainyard.agents.envs import check_env_id
+from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
+
+ALGOS = ("dqn",)
+
+
+class RLResources(Resources):
+    """RLlib's actors: env runners sample, learners update."""
+
+    env_runners: int = Field(0, ge=0, description="remote env runners (0: sample in the "
+                             "driver, fastest on a 2-core machine)")
+    envs_per_env_runner: int = Field(1, ge=1, description="vectorised envs in each runner")
+    cpus_per_env_runner: float = Field(1.0, gt=0, description="CPUs per remote env runner")
+    gpus_per_env_runner: float = Field(0.0, ge=0, description="GPUs per env runner "
+                                       "(fractions share one GPU)")
+    learners: int = Field(0, ge=0, description="remote learners (0: learn in the driver)")
+    gpus_per_learner: float = Field(0.0, ge=0, description="GPUs for each learner (or for "
+                                    "the driver's learner when learners is 0)")
+
+
+class RLStop(Stop):
+    env_steps: Count | None = Field(100_000, ge=1, description="environment steps sampled")
+    iterations: Count | None = Field(None, ge=1, description="RLlib training iterations")
+    return_target: float | None = Field(None, description="stop once the mean episode return "
+                                        "reaches this")
+
+
+class RLCheckpoint(Checkpoint):
+    every_iterations: int = Field(20, ge=1, description="checkpoint every N training iterations")
+
+
+class DQNAgent(Section):
+    """DQN (double, dueling, n-step, prioritized replay) on RLlib's new API stack."""
+
+    algo: Literal[ALGOS] = Field("dqn", description="algorithm: " + ", ".join(ALGOS))
+    env: str = Field(..., description="Gymnasium env id, e.g. CartPole-v1 or ALE/Pong-v5")
+    lr: float = Field(5e-4, gt=0, le=1, description="Adam learning rate")
+    gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
+    batch_size: int = Field(32, ge=1, description="transitions per gradient update")
+    n_step: int = Field(1, ge=1, description="n-step returns")
+    double_q: bool = Field(True, description="double-DQN targets")
+    dueling: bool = Field(True, description="dueling value/advantage heads")
+    hidden: list[int] = Field([64, 64], min_length=1, description="MLP layer widths")
+    replay_capacity: Count = Field(50_000, ge=1, description="transitions kept in replay")
+    prioritized_replay: bool = Field(True, description="prioritized experience replay")
+    learning_starts: Count = Field(1_000, ge=0, description="env steps before learning")
+    target_update_every: Count = Field(500, ge=1, description="env steps between target syncs")
+    epsilon_start: float = Field(1.0, ge=0, le=1, description="initial exploration rate")
+    epsilon_end: float = Field(0.05, ge=0, le=1, description="final exploration rate")
+    epsilon_steps: Count = Field(10_000, ge=1, description="env steps of linear epsilon decay")
+    rollout_fragment_length: int = Field(4, ge=1, description="env steps per sample call")
+    training_intensity: float | None = Field(
+        None, gt=0, description="replayed / sampled transitions ratio (None: RLlib default)")
+
+    @field_validator("env")
+    @classmethod
+    def _known_env(cls, env: str) -> str:
+        return check_env_id(env)
+
+
+class RLJob(JobBase):
+    kind: Literal["rl"] = Field(..., description="a reinforcement-learning job")
+    resources: RLResources = Field(default_factory=RLResources)
+    stop: RLStop = Field(default_factory=RLStop)
+    checkpoint: RLCheckpoint = Field(default_factory=RLCheckpoint)
+    agent: DQNAgent
+
+    @model_validator(mode="after")
+    def _check_epsilon(self) -> "RLJob":
+        if self.agent.epsilon_end > self.agent.epsilon_start:
+            raise ValueError("agent.epsilon_end must not exceed agent.epsilon_start")
+        return self
+
+    def resource_demand(self) -> dict[str, float]:
+        res = self.resources
+        demand = {"CPU": 1 + res.env_runners * res.cpus_per_env_runner + res.learners}
+        gpus = (res.env_runners * res.gpus_per_env_runner
+                + max(res.learners, 1) * res.gpus_per_learner)
+        if gpus:
+            demand["GPU"] = gpus
+        return demand

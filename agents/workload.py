@@ -1,0 +1,16 @@
+"""The `rl` workload as the core sees it (entry point `trainyard.workloads`)."""
+
+from __future__ import annotations
+
+from trainyard.agents.spec import ALGOS, RLJob
+from trainyard.workloads import Workload
+
+
+def _train(spec, ctx):
+    from trainyard.agents.runner import train  # RLlib only when training
+
+    return train(spec, ctx)
+
+
+WORKLOAD = Workload(kind="rl", spec_model=RLJob, train=_train,
+                    headline_metric="train/return_mean", names={"agent.algo": ALGOS})
