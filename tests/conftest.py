@@ -1,0 +1,38 @@
+"""Shared fixtures: every test runs in its own working directory with its own MLflow store."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "supervised" / "configs" / "digits_cnn.yaml"
+CARTPOLE = REPO / "agents" / "configs" / "dqn_cartpole.yaml"
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch) -> Path:
+    """A clean cwd; the default tracking store (./trainyard-runs/mlflow.db) lands in it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return tmp_path
+
+
+@pytest.fixture
+def store_uri(workdir) -> str:
+    return f"sqlite:///{workdir / 'trainyard-runs' / 'mlflow.db'}"
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def env_without_tracking() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return env

@@ -1,0 +1,128 @@
+"""A run killed mid-training (SIGKILL of the whole process group) resumes in the same MLflow
+run, from its latest checkpoint, with metric steps that never repeat or go backwards."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from mlflow.tracking import MlflowClient
+
+from conftest import CARTPOLE, DIGITS, env_without_tracking
+from trainyard.cli import main
+
+
+def _start(job, overrides, cwd):
+    argv = [sys.executable, "-m", "trainyard.cli", "run", str(job)]
+    for override in overrides:
+        argv += ["-o", override]
+    return subprocess.Popen(argv, cwd=cwd, env=env_without_tracking(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for(predicate, proc, timeout_s=240):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before the kill:\n{proc.stdout.read()}")
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting for the run to make progress")
+
+
+def _kill_group(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _single_run(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id])
+    return runs[0] if runs else None
+
+
+def _steps(client, run_id, key):
+    return [m.step for m in sorted(client.get_metric_history(run_id, key),
+                                   key=lambda m: (m.step, m.timestamp))]
+
+
+def test_killed_supervised_run_resumes_in_the_same_mlflow_run(workdir, store_uri, capsys):
+    proc = _start(DIGITS, ["stop.epochs=10", "checkpoint.every_epochs=2",
+                           "tracking.experiment=resume"], workdir)
+    client = MlflowClient(store_uri)
+
+    def progressed():
+        run = _single_run(client, "resume")
+        if run is None:
+            return None
+        folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
+        checkpointed = folder.is_dir() and any(p.is_dir() and p.name.startswith("checkpoint_")
+                                               for p in folder.iterdir())
+        logged = len(_steps(client, run.info.run_id, "val/accuracy"))
+        return run if checkpointed and logged >= 3 else None
+
+    run = _wait_for(progressed, proc)
+    _kill_group(proc)
+    run_id = run.info.run_id
+    before = _steps(client, run_id, "val/accuracy")
+    assert 3 <= len(before) < 10
+    assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody closed it
+
+    assert main(["resume", run_id]) == 0
+    assert "resuming MLflow run " + run_id in capsys.readouterr().out
+
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED"
+    assert len(client.search_runs([after.info.experiment_id])) == 1  # no new run
+    steps = _steps(client, run_id, "val/accuracy")
+    assert steps == sorted(set(steps)), f"steps repeat or go backwards: {steps}"
+    per_epoch = before[0]
+    assert steps[:len(before)] == before  # what was logged before the kill stays
+    assert steps[-1] == 10 * per_epoch  # continued to the last epoch at the right step
+    assert len(steps) == 10
+    assert after.data.metrics["test/accuracy"] > 0.9
+    assert after.data.tags["trainyard.resumed_by"]
+
+
+def test_resume_of_unknown_run_is_a_clear_error(workdir, capsys):
+    assert main(["resume", "0123456789abcdef"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot resume run '0123456789abcdef'" in err and "Traceback" not in err
+
+
+def test_rl_run_resumes_from_its_checkpoint(workdir, store_uri):
+    """RL: the killed run's env-step axis continues from the checkpoint's step count."""
+    proc = _start(CARTPOLE, ["stop.env_steps=8k", "checkpoint.every_iterations=2",
+                             "tracking.experiment=rl-resume"], workdir)
+    client = MlflowClient(store_uri)
+
+    def checkpointed():
+        run = _single_run(client, "rl-resume")
+        if run is None:
+            return None
+        folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
+        done = folder.is_dir() and any(p.name.startswith("checkpoint_") for p in folder.iterdir())
+        return run if done else None
+
+    run = _wait_for(checkpointed, proc)
+    _kill_group(proc)
+    run_id = run.info.run_id
+    before = _steps(client, run_id, "train/iteration")
+    assert 2 <= len(before) and before[-1] < 8000
+
+    assert main(["resume", run_id, "--tracking-uri", store_uri]) == 0
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED"
+    steps = _steps(client, run_id, "train/iteration")
+    assert steps == sorted(set(steps)), f"steps repeat or go backwards: {steps}"
+    assert steps[:len(before)] == before and steps[-1] >= 8000
+    iterations = [m.value for m in sorted(client.get_metric_history(run_id, "train/iteration"),
+                                          key=lambda m: m.step)]
+    assert iterations[-1] == len(steps)  # the iteration counter came back from the checkpoint

@@ -1,0 +1,129 @@
+"""Bad job files give exit code 2 and one message naming the file, line, field and the fix."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainyard.cli import main
+from trainyard.loader import SpecError, load_spec
+
+GOOD = """\
+name: digits-test
+kind: supervised
+resources:
+  workers: 1
+model:
+  arch: resnet
+  widths: [8]
+train:
+  lr: 1.0e-3
+stop:
+  epochs: 2
+"""
+
+# (case id, file text, overrides, fragments the message must contain)
+BAD = [
+    ("unknown-key", GOOD.replace("  lr: 1.0e-3", "  lr: 1.0e-3\n  lrr: 2"), [],
+     ["bad.yaml:10", "train.lrr", "unknown field", "did you mean 'lr'"]),
+    ("unknown-section", GOOD + "optimiser: {}\n", [],
+     ["bad.yaml:12", "optimiser", "unknown field"]),
+    ("wrong-type", GOOD.replace("workers: 1", "workers: two"), [],
+     ["bad.yaml:4", "resources.workers", "valid integer", "'two'"]),
+    ("zero-workers", GOOD.replace("workers: 1", "workers: 0"), [],
+     ["bad.yaml:4", "resources.workers", "greater than or equal to 1"]),
+    ("negative-epochs", GOOD.replace("epochs: 2", "epochs: -5"), [],
+     ["bad.yaml:11", "stop.epochs", "greater than or equal to 1"]),
+    ("negative-lr", GOOD.replace("lr: 1.0e-3", "lr: -0.1"), [],
+     ["bad.yaml:9", "train.lr", "greater than 0"]),
+    ("bad-choice", GOOD.replace("arch: resnet", "arch: vgg"), [],
+     ["bad.yaml:6", "model.arch", "'resnet'", "'vgg'"]),
+    ("missing-name", GOOD.replace("name: digits-test\n", ""), [],
+     ["bad.yaml", "name", "required field is missing"]),
+    ("missing-kind", GOOD.replace("kind: supervised\n", ""), [],
+     ["bad.yaml", "kind: is missing", "rl", "supervised"]),
+    ("unknown-kind", GOOD.replace("kind: supervised", "kind: unsupervised"), [],
+     ["bad.yaml:2", "kind: is 'unsupervised'", "expected one of"]),
+    ("yaml-syntax", GOOD.replace("  workers: 1", "  workers: [1"), [],
+     ["bad.yaml:", "YAML syntax error"]),
+    ("bad-indent", GOOD.replace("  lr: 1.0e-3", "    lr: 1.0e-3\n  batch_size: 4"), [],
+     ["bad.yaml:", "YAML syntax error"]),
+    ("duplicate-key", GOOD + "name: again\n", [],
+     ["bad.yaml:12", "name", "twice"]),
+    ("not-a-mapping", "- just\n- a list\n", [], ["bad.yaml", "YAML mapping"]),
+    ("bad-seeds", GOOD + "seeds: [0, 0]\n", [], ["bad.yaml:12", "seeds", "must not repeat"]),
+    ("bad-name", GOOD.replace("name: digits-test", "name: 'my job!'"), [],
+     ["bad.yaml:1", "name", "pattern"]),
+    ("override-unknown", GOOD, ["train.lrr=3"],
+     ["-o train.lrr=3", "train.lrr", "unknown field"]),
+    ("override-type", GOOD, ["stop.epochs=many"],
+     ["-o stop.epochs=many", "stop.epochs", "valid integer"]),
+    ("override-syntax", GOOD, ["train.lr"], ["train.lr", "KEY.PATH=VALUE"]),
+    ("override-into-scalar", GOOD, ["name.first=x"], ["name.first=x", "not a section"]),
+    ("sweep-grammar", GOOD + "sweep: {metric: val/accuracy, space: {train.lr: 'between(1, 2)'}}\n",
+     [], ["bad.yaml:12", "sweep.space", "unknown function 'between'"]),
+    ("sweep-bounds", GOOD + "sweep: {metric: m, space: {train.lr: 'loguniform(0, 1)'}}\n",
+     [], ["bad.yaml:12", "loguniform() needs low > 0"]),
+    ("unknown-env", "name: x\nkind: rl\nagent:\n  algo: dqn\n  env: CartPol-v1\n", [],
+     ["bad.yaml:5", "agent.env", "unknown environment", "CartPole-v1"]),
+    ("rl-negative-steps", "name: x\nkind: rl\nagent: {env: CartPole-v1}\nstop:\n  env_steps: -1\n",
+     [], ["bad.yaml:5", "stop.env_steps", "greater than or equal to 1"]),
+]
+
+
+@pytest.mark.parametrize("case,text,overrides,fragments", BAD, ids=[c[0] for c in BAD])
+def test_bad_spec_exit_2_with_one_clear_message(tmp_path, capsys, case, text, overrides,
+                                                fragments):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    argv = ["validate", str(path)] + [a for o in overrides for a in ("-o", o)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: job spec ")
+    assert "Traceback" not in err
+    for fragment in fragments:
+        assert fragment in err, f"{fragment!r} missing from:\n{err}"
+
+
+def test_missing_file_names_the_path(tmp_path, capsys):
+    assert main(["run", str(tmp_path / "nope.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "nope.yaml" in err and "does not exist" in err and "Traceback" not in err
+
+
+def test_all_problems_reported_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(GOOD.replace("workers: 1", "workers: 0").replace("lr: 1.0e-3", "lr: -1"))
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert len(info.value.problems) == 2
+    assert "2 problems" in str(info.value)
+
+
+def test_overrides_are_typed_by_the_schema_and_recorded(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD)
+    loaded = load_spec(path, ["train.lr=3e-4", "stop.epochs=2e1", "seeds=[1, 2]",
+                              "name=123", "model.widths=[4, 8]"])
+    spec = loaded.spec
+    assert spec.train.lr == pytest.approx(3e-4) and isinstance(spec.train.lr, float)
+    assert spec.stop.epochs == 20 and isinstance(spec.stop.epochs, int)
+    assert spec.seeds == [1, 2] and spec.name == "123" and spec.model.widths == [4, 8]
+    assert loaded.overrides[0] == "train.lr=3e-4"
+    assert main(["validate", str(path), "-o", "train.lr=3e-4"]) == 0
+    out = capsys.readouterr().out
+    assert "lr: 0.0003" in out and "overrides: train.lr=3e-4" in out
+
+
+@pytest.mark.parametrize("written,expected", [("2e6", 2_000_000), ("10k", 10_000),
+                                              ("2M", 2_000_000), ("1_000", 1000), (3.0, 3)])
+def test_counts_accept_the_usual_notations(tmp_path, written, expected):
+    path = tmp_path / "job.yaml"
+    path.write_text(f"name: x\nkind: rl\nagent: {{env: CartPole-v1}}\nstop: {{env_steps: {written}}}\n")
+    assert load_spec(path).spec.stop.env_steps == expected
+
+
+def test_count_rejects_fractions(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("name: x\nkind: rl\nagent: {env: CartPole-v1}\nstop: {env_steps: 2.5}\n")
+    with pytest.raises(SpecError, match="stop.env_steps"):
+        load_spec(path)
