@@ -90,8 +90,12 @@ def latest_valid(root: str | Path) -> tuple[Path, dict[str, Any]] | None:
 
 
 def prune(root: str | Path, keep: int) -> None:
-    """Delete all but the `keep` newest checkpoint folders."""
+    """Delete all but the `keep` newest committed checkpoints, and crashed partial writes.
+
+    A damaged folder (no marker) is left for a person to look at, and never counts as kept.
+    """
     import shutil
 
-    for folder in list_folders(root)[:-keep]:
+    committed = [f for f in list_folders(root) if (f / MARKER).is_file()]
+    for folder in committed[:-keep] + list_folders(root, prefix=".partial_"):
         shutil.rmtree(folder, ignore_errors=True)

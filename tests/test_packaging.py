@@ -1,0 +1,30 @@
+"""platform/ maps to `trainyard` without shadowing the standard library's `platform`."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import REPO
+
+
+def test_stdlib_platform_wins_from_the_repo_root():
+    code = ("import platform, trainyard.cli, trainyard.supervised, trainyard.agents;"
+            "print(platform.system(), platform.__file__, trainyard.cli.__file__)")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                         check=True).stdout.split()
+    system, platform_file, cli_file = out
+    assert system == "Linux"
+    assert "/lib/python3" in platform_file and not platform_file.startswith(str(REPO))
+    assert cli_file == str(REPO / "platform" / "cli.py")
+
+
+def test_platform_folder_has_no_init():
+    assert not (REPO / "platform" / "__init__.py").exists()
+
+
+def test_console_script_is_installed():
+    out = subprocess.run([sys.executable, "-m", "trainyard.cli", "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    for command in ("validate", "run", "resume", "ui"):
+        assert command in out
