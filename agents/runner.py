@@ -82,7 +82,8 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     if ctx.resume and (found := checkpoints.latest_valid(root)):
         folder, progress = found
         algo.restore_from_path(str(folder))
-    logger, stop = ctx.logger(), spec.stop
+    logger = ctx.logger()
+    logger.log({"perf/startup_s": ctx.startup_seconds()}, step=progress["env_steps"])
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
     metrics: dict[str, float] = {}
     try:

@@ -128,6 +128,11 @@ COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    import time
+
+    from trainyard import runs
+
+    runs.LAUNCHED_AT = time.time()
     args = _parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)

@@ -14,6 +14,10 @@ from typing import Iterator
 
 # Ray prints a token-authentication notice on every local start; a local session needs none.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# Ray Train's controller polls its workers every 2 s and each `ray.train.report` waits for that
+# poll: with short epochs (the digits demo: 0.3 s) the wait was 85% of the run. Polling at
+# 0.25 s costs the controller next to nothing. Set before ray.init so Ray's processes inherit it.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 
 
 class ResourceError(RuntimeError):

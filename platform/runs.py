@@ -20,6 +20,10 @@ from trainyard.tracking import TAG, RunRef
 from trainyard.workloads import get_workload
 
 
+#: set by the CLI when the command starts
+LAUNCHED_AT: float | None = None
+
+
 @dataclass
 class RunContext:
     """What a workload gets for one run; picklable, it travels to Ray workers."""
@@ -34,9 +38,15 @@ class RunContext:
     #: per metric, the last step already logged (a resumed run logs only later steps)
     skip_through: dict[str, int] = field(default_factory=dict)
     progress: ProgressChannel | None = None
+    #: wall-clock time the command started (for perf/startup_s: command to first step)
+    launched_at: float = field(default_factory=lambda: LAUNCHED_AT or time.time())
 
     def logger(self) -> tracking.RunLogger:
         return tracking.RunLogger(self.run, self.skip_through)
+
+    def startup_seconds(self) -> float:
+        """Seconds from the command's start to now; call it just before the first step."""
+        return time.time() - self.launched_at
 
     def emit(self, label: str, metrics: dict[str, float]) -> None:
         if self.progress is not None:

@@ -140,6 +140,8 @@ def train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)  # DDP (and device) when world > 1
     plain = model.module if hasattr(model, "module") else model
     logger = ctx.logger() if rank == 0 else None
+    if rank == 0:
+        logger.log({"perf/startup_s": ctx.startup_seconds()}, step=state["global_step"])
     started = time.monotonic()
 
     for epoch in range(state["epoch"] + 1, spec.stop.epochs + 1):
