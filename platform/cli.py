@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from trainyard.loader import SpecError, dump_spec, load_spec
 from trainyard.workloads import get_workload
@@ -139,7 +139,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SpecError as err:
         return _fail(str(err), BAD_INPUT)
     except KeyboardInterrupt:
-        print("\ninterrupted; continue with: trainyard resume RUN_ID", file=sys.stderr)
         return INTERRUPTED
     except Exception as err:
         from trainyard.launcher import ResourceError

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 # Ray prints a token-authentication notice on every local start; a local session needs none.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")

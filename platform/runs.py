@@ -19,7 +19,6 @@ from trainyard.spec import JobBase, flatten
 from trainyard.tracking import TAG, RunRef
 from trainyard.workloads import get_workload
 
-
 #: set by the CLI when the command starts
 LAUNCHED_AT: float | None = None
 
@@ -80,11 +79,13 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
     printer = ProgressPrinter(ctx.progress, f"[{label}]", workload.headline_metric)
     status = "FAILED"
     try:
-        with printer:
+        with tracking.SystemMetrics(ctx.run, spec.tracking.system_metrics, ctx.resume), printer:
             metrics = workload.train(spec, ctx)
         status = "FINISHED"
     except KeyboardInterrupt:
         status = "KILLED"
+        print(f"\n[{label}] interrupted; continue it with: trainyard resume {ctx.run.run_id}",
+              file=sys.stderr, flush=True)
         raise
     finally:
         tracking.close_run(ctx.run, status, curves_of=_curve_keys(ctx.run))

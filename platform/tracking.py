@@ -186,6 +186,32 @@ def metric_history(ref: RunRef, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in history)
 
 
+class SystemMetrics:
+    """MLflow system metrics (CPU, memory, disk, network; GPU where one is) for a run's span.
+
+    Sampled in a thread of the driver: it sees the driver's machine, which is every process of
+    a local run. Off when the spec says `tracking.system_metrics: false`.
+    """
+
+    def __init__(self, ref: RunRef, enabled: bool, resume: bool = False,
+                 interval_s: float = 5.0):
+        self.monitor = None
+        if enabled:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self.monitor = SystemMetricsMonitor(ref.run_id, sampling_interval=interval_s,
+                                                resume_logging=resume, tracking_uri=ref.uri)
+
+    def __enter__(self) -> "SystemMetrics":
+        if self.monitor is not None:
+            self.monitor.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.monitor is not None:
+            self.monitor.finish()
+
+
 class RunLogger:
     """Logs metrics to one run. Used by the process that trains (rank 0 of a Train job).
 
@@ -220,8 +246,8 @@ def _log_learning_curves(ref: RunRef, keys: list[str]) -> None:
         return
     fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.4),
                              squeeze=False)
-    for axis, (key, points) in zip(axes[0], histories.items()):
-        steps, values = zip(*points)
+    for axis, (key, points) in zip(axes[0], histories.items(), strict=True):
+        steps, values = zip(*points, strict=True)
         axis.plot(steps, values, marker="." if len(steps) < 50 else None)
         axis.set_title(key)
         axis.set_xlabel("step")

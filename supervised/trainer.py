@@ -13,8 +13,7 @@ if TYPE_CHECKING:
 
 def build_trainer(spec: "SupervisedJob", ctx: "RunContext"):
     """The TorchTrainer for a run; its name and storage are the run's, so a rerun resumes."""
-    from ray.train import (CheckpointConfig, FailureConfig, LoggingConfig, RunConfig,
-                           ScalingConfig)
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from trainyard.supervised.train_loop import train_loop

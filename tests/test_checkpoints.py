@@ -8,8 +8,15 @@ import pickle
 import pytest
 import torch
 
-from trainyard.checkpoints import (CheckpointError, commit_folder, latest_valid, list_folders,
-                                   load_state, prune, save_state)
+from trainyard.checkpoints import (
+    CheckpointError,
+    commit_folder,
+    latest_valid,
+    list_folders,
+    load_state,
+    prune,
+    save_state,
+)
 
 
 def test_state_round_trips(tmp_path):

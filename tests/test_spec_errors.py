@@ -118,7 +118,8 @@ def test_overrides_are_typed_by_the_schema_and_recorded(tmp_path, capsys):
                                               ("2M", 2_000_000), ("1_000", 1000), (3.0, 3)])
 def test_counts_accept_the_usual_notations(tmp_path, written, expected):
     path = tmp_path / "job.yaml"
-    path.write_text(f"name: x\nkind: rl\nagent: {{env: CartPole-v1}}\nstop: {{env_steps: {written}}}\n")
+    path.write_text("name: x\nkind: rl\nagent: {env: CartPole-v1}\n"
+                    f"stop: {{env_steps: {written}}}\n")
     assert load_spec(path).spec.stop.env_steps == expected
 
 

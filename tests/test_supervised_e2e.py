@@ -45,6 +45,8 @@ def test_short_digits_run_lands_in_mlflow(workdir, store_uri, capsys):
     assert steps[1] == 2 * steps[0]  # same number of optimizer steps per epoch
     assert history[-1].value > 0.5  # 3 epochs already learn something
     assert "test/accuracy" in run.data.metrics
+    assert 0 < run.data.metrics["perf/startup_s"] < 120  # command start -> first step
+    assert "system/cpu_utilization_percentage" in run.data.metrics  # MLflow system metrics
     # artifacts: the resolved job.yaml (enough to re-run) and the learning curves
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"job.yaml", "plots"} <= artifacts
