@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("job", help="job YAML, e.g. supervised/configs/digits_cnn.yaml")
+        p.add_argument("job", help="job YAML, e.g. supervised/configs/cnn_digits.yaml")
         p.add_argument("-o", "--override", action="append", default=[], metavar="KEY=VALUE",
                        help="set a spec field by dotted path, e.g. -o train.lr=3e-4 (repeatable)")
 

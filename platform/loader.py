@@ -8,6 +8,7 @@ override values are parsed as YAML scalars or flow collections.
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,9 +142,19 @@ def _expected(error: dict, model: type[BaseModel], loc: Loc) -> str:
         info = section.model_fields.get(str(loc[-1])) if section else None
         doc = f" ({info.description})" if info and info.description else ""
         return f"required field is missing{doc}"
-    message = error["msg"]
-    message = message.removeprefix("Value error, ")
+    if kind == "union_tag_invalid":
+        return f"expected one of {error['ctx']['expected_tags']} (got {error['ctx']['tag']!r})"
+    if kind == "union_tag_not_found":
+        return "required field is missing: it picks the variant of this section"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "value_error" and not loc_is_field(model, loc):
+        return message  # our own cross-field checks say what to do in full
     return f"{message[0].lower()}{message[1:]} (got {error.get('input')!r})"
+
+
+def loc_is_field(model: type[BaseModel], loc: Loc) -> bool:
+    return bool(loc) and _section_model(model, loc[:-1]) is not None and str(loc[-1]) in (
+        _section_model(model, loc[:-1]).model_fields)
 
 
 def _section_model(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
@@ -166,6 +177,12 @@ def _report(error: ValidationError, model: type[BaseModel], data: dict, name: st
     problems = []
     for item in error.errors():
         path, _ = _value_at(data, tuple(item["loc"]))
+        if item["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            path += (item["ctx"]["discriminator"].strip("'"),)  # point at `arch:` / `name:`
+        if not path:  # a check across sections: point at the first field its message names
+            named = re.findall(r"\b([a-z_]+(?:\.[a-z_]+)+)\b", item["msg"])
+            path = next((tuple(n.split(".")) for n in named if tuple(n.split(".")) in lines),
+                        path)
         where = next((origin[path[:n]] for n in range(len(path), 0, -1) if path[:n] in origin),
                      None)
         if where is None:
@@ -210,7 +227,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise SpecError(source, [f"{source}: the file {what} (looked at {path.resolve()}); "
-                                 "pass a job YAML such as supervised/configs/digits_cnn.yaml"])
+                                 "pass a job YAML such as supervised/configs/cnn_digits.yaml"])
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as err:

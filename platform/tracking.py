@@ -135,6 +135,49 @@ def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None
     MlflowClient(ref.uri).log_artifact(ref.run_id, str(path), artifact_path)
 
 
+def log_artifacts(ref: RunRef, folder: str | Path, artifact_path: str | None = None) -> None:
+    MlflowClient(ref.uri).log_artifacts(ref.run_id, str(folder), artifact_path)
+
+
+def log_torch_model(ref: RunRef, model: Any, input_example: Any,
+                    register_as: str | None = None) -> None:
+    """Log `model` as the run's `model` artifact (MLflow pytorch flavour, with signature and
+    input example); register it as a new version of `register_as` if given.
+
+    Loading this flavour unpickles the module (that is how MLflow stores PyTorch models); the
+    weights-only `best_model/state.pt` beside it is what trainyard itself loads.
+    """
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import infer_signature
+
+    with torch.no_grad():
+        output = model(torch.as_tensor(input_example)).numpy()
+    signature = infer_signature(input_example, output)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "model")
+        # Explicit requirements: inferring them imports the model in a subprocess (~5 s).
+        # The pickled module also needs trainyard itself importable where it is loaded.
+        requirements = [f"torch=={version('torch').split('+')[0]}", f"numpy=={version('numpy')}"]
+        mlflow.pytorch.save_model(model, str(path), signature=signature,
+                                  input_example=input_example, pip_requirements=requirements)
+        log_artifacts(ref, path, "model")
+    if register_as:
+        client = MlflowClient(ref.uri)
+        try:
+            client.create_registered_model(register_as)
+        except mlflow.exceptions.MlflowException:
+            pass  # it exists: add a version
+        source = f"{client.get_run(ref.run_id).info.artifact_uri}/model"
+        client.create_model_version(register_as, source, run_id=ref.run_id)
+
+
+def download(ref: RunRef, artifact_path: str, dst: str | Path) -> str:
+    """Fetch an artifact of a run to `dst`; returns the local path."""
+    return mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path,
+                                               dst_path=str(dst), tracking_uri=ref.uri)
+
+
 def set_tags(ref: RunRef, tags: dict[str, str]) -> None:
     client = MlflowClient(ref.uri)
     client.log_batch(ref.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])

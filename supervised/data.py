@@ -1,29 +1,44 @@
-"""Datasets for supervised jobs, with splits that are the same for the same seed.
+"""Datasets for supervised jobs, as train/val/test tensors with splits fixed by the seed.
 
-`digits` is scikit-learn's 8x8 handwritten digits (1,797 images, 10 classes): it ships with
-the package, so the demo needs no download.
+The driver loads a dataset once and hands it to the Ray Train workers, which shard the
+training split with a DistributedSampler. Images become (N, C, H, W) float tensors standardised
+with the training split's per-channel statistics; sequences (N, T, F); text (N, T) token ids.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from trainyard.supervised import formats
+
 
 @dataclass
-class ImageSplits:
+class DataInfo:
+    """What a model needs to know about its data."""
+
+    task: str  # image | sequence | lm
+    num_classes: int = 0  # classifiers
+    in_channels: int = 0  # images
+    feature_dim: int = 0  # sequences: features per step
+    seq_len: int = 0  # sequences and text
+    vocab: list[str] = field(default_factory=list)  # text: index -> character
+    class_names: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Splits:
     train: TensorDataset
     val: TensorDataset
     test: TensorDataset
-    in_channels: int
-    num_classes: int
+    info: DataInfo
 
 
-def _split_indices(labels: np.ndarray, val: float, test: float, seed: int):
-    """Stratified train/val/test indices; deterministic for a seed."""
+def split_indices(labels: np.ndarray, val: float, test: float, seed: int) -> dict:
+    """Stratified train/val/test indices; the same for the same seed."""
     rng = np.random.default_rng(seed)
     parts: dict[str, list[int]] = {"train": [], "val": [], "test": []}
     for label in np.unique(labels):
@@ -32,29 +47,122 @@ def _split_indices(labels: np.ndarray, val: float, test: float, seed: int):
         parts["val"] += index[:n_val].tolist()
         parts["test"] += index[n_val:n_val + n_test].tolist()
         parts["train"] += index[n_val + n_test:].tolist()
-    return {name: np.sort(np.array(idx)) for name, idx in parts.items()}
+    return {name: np.sort(np.array(idx, dtype=np.int64)) for name, idx in parts.items()}
 
 
-def load_digits(val_fraction: float, test_fraction: float, seed: int) -> ImageSplits:
-    """Digits as (N, 1, 8, 8) float tensors, standardised with the training split's stats."""
-    from sklearn.datasets import load_digits as sklearn_digits
-
-    bunch = sklearn_digits()
-    images = bunch.images.astype(np.float32)[:, None] / 16.0  # (N, 1, 8, 8) in [0, 1]
-    labels = bunch.target.astype(np.int64)
-    split = _split_indices(labels, val_fraction, test_fraction, seed)
-    mean, std = images[split["train"]].mean(), images[split["train"]].std()
-    images = (images - mean) / std
-
-    def subset(name: str) -> TensorDataset:
-        return TensorDataset(torch.from_numpy(images[split[name]]),
-                             torch.from_numpy(labels[split[name]]))
-
-    return ImageSplits(subset("train"), subset("val"), subset("test"), 1, 10)
+def _standardise(images: np.ndarray, train_index: np.ndarray) -> np.ndarray:
+    """Per-channel (x - mean) / std with the training split's statistics; float32."""
+    images = images.astype(np.float32)
+    axes = (0, 2, 3) if images.ndim == 4 else (0, 1)
+    mean = images[train_index].mean(axis=axes, keepdims=True)
+    std = images[train_index].std(axis=axes, keepdims=True) + 1e-6
+    return (images - mean) / std
 
 
-DATASETS = {"digits": load_digits}
+def _classification(x: np.ndarray, y: np.ndarray, split: dict, info: DataInfo) -> Splits:
+    tensors = {name: TensorDataset(torch.from_numpy(np.ascontiguousarray(x[idx])),
+                                   torch.from_numpy(y[idx])) for name, idx in split.items()}
+    return Splits(tensors["train"], tensors["val"], tensors["test"], info)
 
 
-def load_dataset(data_spec, seed: int) -> ImageSplits:
-    return DATASETS[data_spec.name](data_spec.val_fraction, data_spec.test_fraction, seed)
+def _with_official_test(train: tuple, test: tuple, val: float, seed: int):
+    """Stack an official train/test pair; val comes out of train, test stays the official one."""
+    (x_train, y_train), (x_test, y_test) = train, test
+    inner = split_indices(y_train, val, 1e-9, seed)
+    n = len(y_train)
+    split = {"train": np.concatenate([inner["train"], inner["test"]]), "val": inner["val"],
+             "test": np.arange(n, n + len(y_test))}
+    return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]), split
+
+
+def load_images(spec, seed: int) -> Splits:
+    name = spec.name
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x, y = bunch.images[:, None].astype(np.float32), bunch.target.astype(np.int64)
+        names = [str(c) for c in range(10)]
+        split = split_indices(y, spec.val_fraction, spec.test_fraction, seed)
+    elif name == "image_folder":
+        x, y, names = formats.read_image_folder(spec.path, spec.image_size, spec.channels)
+        split = split_indices(y, spec.val_fraction, spec.test_fraction, seed)
+    elif name == "mnist_idx":
+        train, test = formats.read_mnist_idx(spec.path)
+        x, y, split = _with_official_test(train, test, spec.val_fraction, seed)
+        names = [str(c) for c in range(10)]
+    elif name == "cifar10":
+        train, test, names = formats.read_cifar10(spec.path)
+        x, y, split = _with_official_test(train, test, spec.val_fraction, seed)
+    else:
+        raise ValueError(f"not an image dataset: {name!r}")
+    x = _standardise(x, split["train"])
+    info = DataInfo("image", num_classes=len(names), in_channels=x.shape[1], class_names=names)
+    return _classification(x, y, split, info)
+
+
+def load_sequences(spec, seed: int) -> Splits:
+    if spec.name == "digits_rows":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        x = bunch.images.astype(np.float32)  # (N, 8 rows = steps, 8 pixels = features)
+        y = bunch.target.astype(np.int64)
+        names = [str(c) for c in range(10)]
+    elif spec.name == "table":
+        values, y, names = formats.read_table(spec.path, spec.format, spec.features, spec.label)
+        x = values[:, :, None]  # (N, columns = steps, 1)
+    else:
+        raise ValueError(f"not a sequence dataset: {spec.name!r}")
+    split = split_indices(y, spec.val_fraction, spec.test_fraction, seed)
+    x = _standardise(x, split["train"])
+    info = DataInfo("sequence", num_classes=len(names), feature_dim=x.shape[2],
+                    seq_len=x.shape[1], class_names=names)
+    return _classification(x, y, split, info)
+
+
+def load_text(spec, seed: int) -> Splits:
+    """Character LM: contiguous train | val | test blocks, cut into (context + 1)-char chunks.
+
+    The blocks are contiguous (not shuffled characters) so that validation text is text the
+    model has not seen; the seed only shuffles the order of training chunks, in the sampler.
+    """
+    text = formats.read_text(spec.source)
+    vocab = sorted(set(text))
+    lookup = {ch: i for i, ch in enumerate(vocab)}
+    ids = np.fromiter((lookup[ch] for ch in text), dtype=np.int64, count=len(text))
+    n_val, n_test = int(len(ids) * spec.val_fraction), int(len(ids) * spec.test_fraction)
+    n_train = len(ids) - n_val - n_test
+    blocks = {"train": ids[:n_train], "val": ids[n_train:n_train + n_val],
+              "test": ids[n_train + n_val:]}
+    size = spec.context + 1
+    if min(len(b) for b in blocks.values()) < size:
+        raise formats.DataError(f"text {spec.source!r} is too short for context {spec.context}"
+                                " in every split; lower data.context or use a longer text")
+
+    def chunks(block: np.ndarray) -> TensorDataset:
+        rows = torch.from_numpy(block[: len(block) // size * size].reshape(-1, size))
+        return TensorDataset(rows[:, :-1].contiguous(), rows[:, 1:].contiguous())  # (N, T)
+
+    info = DataInfo("lm", seq_len=spec.context, vocab=vocab)
+    return Splits(chunks(blocks["train"]), chunks(blocks["val"]), chunks(blocks["test"]), info)
+
+
+def unigram_bits_per_char(splits: Splits) -> float:
+    """Bits per character of the best model that ignores context (training frequencies),
+    measured on the validation split: the baseline an LM has to beat."""
+    counts = torch.bincount(splits.train.tensors[1].flatten(),
+                            minlength=len(splits.info.vocab)).double() + 1.0
+    log_p = torch.log2(counts / counts.sum())
+    return float(-log_p[splits.val.tensors[1].flatten()].mean())
+
+
+def load_dataset(spec, seed: int) -> Splits:
+    """The splits the spec's `data` section describes."""
+    from trainyard.supervised.spec import IMAGE_DATA, TEXT_DATA
+
+    if spec.name in IMAGE_DATA:
+        return load_images(spec, seed)
+    if spec.name in TEXT_DATA:
+        return load_text(spec, seed)
+    return load_sequences(spec, seed)

@@ -54,9 +54,50 @@ class ResNet(nn.Module):
         return self.head(self.blocks(self.stem(x)))
 
 
-def build_model(model_spec, in_channels: int, num_classes: int) -> nn.Module:
-    """The model the spec's `model` section describes."""
-    if model_spec.arch == "resnet":
-        return ResNet(in_channels, num_classes, list(model_spec.widths),
+class RNNNet(nn.Module):
+    """LSTM/GRU over a sequence. Classifier: the final state (both directions) -> classes.
+    Language model: every step's state -> next-token logits."""
+
+    def __init__(self, cell: str, num_outputs: int, hidden: int, layers: int,
+                 bidirectional: bool, dropout: float, input_dim: int = 0, vocab: int = 0,
+                 embed_dim: int = 64, lm: bool = False):
+        super().__init__()
+        self.lm, self.hidden = lm, hidden
+        self.embed = nn.Embedding(vocab, embed_dim) if vocab else nn.Identity()
+        rnn = nn.LSTM if cell == "lstm" else nn.GRU
+        self.rnn = rnn(embed_dim if vocab else input_dim, hidden, layers, batch_first=True,
+                       dropout=dropout if layers > 1 else 0.0, bidirectional=bidirectional)
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Linear(hidden * (2 if bidirectional else 1), num_outputs)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T) ids or (B, T, F)
+        out, _ = self.rnn(self.embed(x))  # (B, T, H * directions)
+        if self.lm:
+            return self.head(self.drop(out))  # (B, T, vocab)
+        last = out[:, -1]
+        if self.rnn.bidirectional:  # the backward direction has read everything at step 0
+            last = torch.cat([out[:, -1, :self.hidden], out[:, 0, self.hidden:]], dim=-1)
+        return self.head(self.drop(last))  # (B, classes)
+
+
+def build_model(model_spec, info) -> nn.Module:
+    """The model the spec's `model` section describes, sized for the data (`DataInfo`)."""
+    from trainyard.supervised.transformer import TransformerNet
+
+    arch = model_spec.arch
+    if arch == "resnet":
+        return ResNet(info.in_channels, info.num_classes, list(model_spec.widths),
                       model_spec.blocks_per_stage, model_spec.dropout, model_spec.norm)
-    raise ValueError(f"unknown model arch {model_spec.arch!r}")
+    lm = info.task == "lm"
+    outputs = len(info.vocab) if lm else info.num_classes
+    vocab = len(info.vocab) if lm else 0
+    if arch in ("lstm", "gru"):
+        return RNNNet(arch, outputs, model_spec.hidden, model_spec.layers,
+                      model_spec.bidirectional, model_spec.dropout, input_dim=info.feature_dim,
+                      vocab=vocab, embed_dim=model_spec.embed_dim, lm=lm)
+    if arch == "transformer":
+        return TransformerNet(outputs, model_spec.d_model, model_spec.heads, model_spec.layers,
+                              model_spec.ff_mult, model_spec.dropout, model_spec.positions,
+                              max_len=info.seq_len, input_dim=info.feature_dim, vocab=vocab,
+                              causal=lm)
+    raise ValueError(f"unknown model arch {arch!r}")

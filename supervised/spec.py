@@ -1,15 +1,19 @@
-"""The `kind: supervised` job: model, data and training sections."""
+"""The `kind: supervised` job: model, data and training sections.
+
+`data.name` picks the dataset and so the task: images -> image classification, sequences ->
+sequence classification, text -> character language modelling. `model.arch` picks the network;
+the pair is checked (a ResNet needs images; an LM cannot be bidirectional).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 
-DATASETS = ("digits",)
-ARCHS = ("resnet",)
+# --------------------------------------------------------------------------- resources, stop
 
 
 class SupervisedResources(Resources):
@@ -30,35 +34,152 @@ class SupervisedStop(Stop):
     patience: int | None = Field(
         None, ge=1, description="stop early after this many epochs without a better "
         "validation metric (None: never)")
+    monitor: Literal["auto", "val/loss", "val/accuracy"] = Field(
+        "auto", description="validation metric for early stopping and the best model; auto: "
+        "val/accuracy for classifiers, val/loss for language models")
 
 
 class SupervisedCheckpoint(Checkpoint):
     every_epochs: int = Field(1, ge=1, description="checkpoint every N epochs (and at the end)")
 
 
+# --------------------------------------------------------------------------- data
+
+
+class _Split(Section):
+    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share held out for validation")
+    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share held out for testing "
+                                 "(datasets with an official test split use it instead)")
+
+
+class _Images(_Split):
+    augment: bool = Field(True, description="random crop with padding of training images")
+    pad: int = Field(1, ge=0, description="padding (pixels) for the random crop")
+    flip: bool = Field(False, description="random horizontal flips (not for digits or text)")
+
+
+class DigitsData(_Images):
+    """scikit-learn's 8x8 digits (ships with the package: no download)."""
+
+    name: Literal["digits"]
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for testing")
+
+
+class DigitsRowsData(_Split):
+    """The digits read row by row: a sequence of 8 steps of 8 pixels (sequence classification)."""
+
+    name: Literal["digits_rows"]
+    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation")
+    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for testing")
+
+
+class ImageFolderData(_Images):
+    """root/<class name>/<image>.png|jpg: one subfolder per class."""
+
+    name: Literal["image_folder"]
+    path: str = Field(..., description="folder with one subfolder per class")
+    image_size: int = Field(32, ge=4, le=512, description="images are resized to this square")
+    channels: Literal[1, 3] = Field(3, description="1: grayscale, 3: RGB")
+
+
+class MnistIdxData(_Images):
+    """MNIST-format IDX files (train-images-idx3-ubyte, train-labels-..., t10k-...; .gz or not)."""
+
+    name: Literal["mnist_idx"]
+    path: str = Field(..., description="folder holding the four IDX files (gzipped or not)")
+
+
+class Cifar10Data(_Images):
+    """CIFAR-10 python batches (cifar-10-batches-py: data_batch_1..5, test_batch)."""
+
+    name: Literal["cifar10"]
+    path: str = Field(..., description="the cifar-10-batches-py folder")
+    pad: int = Field(4, ge=0, description="padding (pixels) for the random crop")
+    flip: bool = Field(True, description="random horizontal flips")
+
+
+class TableData(_Split):
+    """A CSV or Parquet file (or folder of them) read with Ray Data: feature columns + label.
+
+    The features form a sequence (one step per column, in order) for a sequence classifier.
+    """
+
+    name: Literal["table"]
+    path: str = Field(..., description="a .csv/.parquet file or a folder of them")
+    format: Literal["auto", "csv", "parquet"] = Field("auto", description="auto: by suffix")
+    features: list[str] = Field(..., min_length=1, description="feature columns, in order")
+    label: str = Field(..., description="column holding the class label")
+
+
+class TextData(_Split):
+    """A plain-text corpus for character-level language modelling."""
+
+    name: Literal["text"]
+    source: str = Field("pydoc_topics", description="pydoc_topics (the standard library's "
+                        "~465k-character help corpus) or the path of a UTF-8 text file")
+    context: int = Field(128, ge=2, le=8192, description="characters per training sequence")
+
+
+DataSection = Annotated[
+    DigitsData | DigitsRowsData | ImageFolderData | MnistIdxData | Cifar10Data | TableData
+    | TextData, Field(discriminator="name")]
+IMAGE_DATA = ("digits", "image_folder", "mnist_idx", "cifar10")
+SEQUENCE_DATA = ("digits_rows", "table")
+TEXT_DATA = ("text",)
+DATASETS = IMAGE_DATA + SEQUENCE_DATA + TEXT_DATA
+
+# --------------------------------------------------------------------------- models
+
+
 class ResNetModel(Section):
     """A small ResNet for 8x8 to 32x32 images: a stem, stages of residual blocks, a head."""
 
-    arch: Literal["resnet"] = Field("resnet", description="model family")
-    widths: list[int] = Field([32, 64], min_length=1,
-                              description="channels of each stage; each stage after the "
-                              "first halves the resolution")
+    arch: Literal["resnet"]
+    widths: list[Annotated[int, Field(ge=1)]] = Field(
+        [32, 64], min_length=1, description="channels of each stage; each stage after the "
+        "first halves the resolution")
     blocks_per_stage: int = Field(1, ge=1, description="residual blocks in each stage")
     dropout: float = Field(0.1, ge=0, lt=1, description="dropout before the classifier")
     norm: Literal["batch", "none"] = Field("batch", description="normalisation in the blocks")
 
+
+class RNNModel(Section):
+    """LSTM or GRU: a sequence classifier (last state) or a character LM (every step)."""
+
+    arch: Literal["lstm", "gru"]
+    hidden: int = Field(256, ge=1, description="hidden units per direction")
+    layers: int = Field(2, ge=1, description="stacked recurrent layers")
+    bidirectional: bool = Field(False, description="read both ways (classifiers only)")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout between layers and before "
+                           "the head")
+    embed_dim: int = Field(64, ge=1, description="token embedding size (text data)")
+
+
+class TransformerModel(Section):
+    """Pre-norm Transformer: a causal decoder for text, an encoder classifier for sequences."""
+
+    arch: Literal["transformer"]
+    d_model: int = Field(128, ge=8, description="width of the residual stream")
+    heads: int = Field(4, ge=1, description="attention heads (must divide d_model)")
+    layers: int = Field(4, ge=1, description="transformer blocks")
+    ff_mult: int = Field(4, ge=1, description="feed-forward width = ff_mult * d_model")
+    dropout: float = Field(0.1, ge=0, lt=1, description="dropout on attention and residuals")
+    positions: Literal["learned", "sinusoidal"] = Field("learned", description="position "
+                                                         "encoding")
+
     @model_validator(mode="after")
-    def _check_widths(self) -> "ResNetModel":
-        if any(w < 1 for w in self.widths):
-            raise ValueError("widths must be positive channel counts")
+    def _heads_divide(self) -> TransformerModel:
+        if self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
         return self
 
 
-class DataSection(Section):
-    name: Literal[DATASETS] = Field("digits", description="dataset: " + ", ".join(DATASETS))
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation")
-    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for testing")
-    augment: bool = Field(True, description="random shifts (pad + crop) of training images")
+ModelSection = Annotated[ResNetModel | RNNModel | TransformerModel,
+                         Field(discriminator="arch")]
+ARCHS = ("resnet", "lstm", "gru", "transformer")
+
+# --------------------------------------------------------------------------- training
 
 
 class TrainSection(Section):
@@ -67,8 +188,33 @@ class TrainSection(Section):
     weight_decay: float = Field(5e-4, ge=0, description="decoupled weight decay")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum (sgd only)")
     batch_size: int = Field(64, ge=1, description="global batch size, split over the workers")
+    grad_accum: int = Field(1, ge=1, description="micro-batches accumulated per optimizer step")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warmup before the cosine decay")
     grad_clip: float | None = Field(1.0, gt=0, description="clip the gradient norm (None: off)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="autocast on GPU; auto: bf16 where the GPU has it, else fp16; "
+        "CPU always trains in fp32")
+    steps_per_epoch: Count | None = Field(None, ge=1, description="cap optimizer steps per "
+                                          "epoch (large datasets; None: the whole split)")
+
+
+class InitFrom(Section):
+    """Start from another run's model: fine-tuning or feature extraction."""
+
+    source: str = Field(..., description="runs:/RUN_ID (a trainyard run) or the path of a "
+                        "best_model folder or state.pt file")
+    freeze_backbone: bool = Field(False, description="train only the head (feature extraction)")
+    new_head: bool = Field(True, description="replace the classifier head (a new task)")
+
+
+class Output(Section):
+    """What the run leaves in MLflow besides metrics."""
+
+    log_model: bool = Field(True, description="log the best model (MLflow pytorch flavour, "
+                            "with signature and input example)")
+    register_as: str | None = Field(None, description="also register it in the MLflow model "
+                                    "registry under this name")
+    samples: int = Field(3, ge=0, description="text samples to generate at the end (LMs)")
 
 
 class SupervisedJob(JobBase):
@@ -76,16 +222,43 @@ class SupervisedJob(JobBase):
     resources: SupervisedResources = Field(default_factory=SupervisedResources)
     stop: SupervisedStop = Field(default_factory=SupervisedStop)
     checkpoint: SupervisedCheckpoint = Field(default_factory=SupervisedCheckpoint)
-    data: DataSection = Field(default_factory=DataSection)
-    model: ResNetModel = Field(default_factory=ResNetModel)
+    data: DataSection = Field(default_factory=lambda: DigitsData(name="digits"))
+    model: ModelSection = Field(default_factory=lambda: ResNetModel(arch="resnet"))
     train: TrainSection = Field(default_factory=TrainSection)
+    init_from: InitFrom | None = Field(None, description="start from another run's weights")
+    output: Output = Field(default_factory=Output)
 
     @model_validator(mode="after")
-    def _check_batch(self) -> "SupervisedJob":
+    def _check_pairing(self) -> SupervisedJob:
+        data, arch = self.data.name, self.model.arch
+        if arch == "resnet" and data not in IMAGE_DATA:
+            raise ValueError(f"model.arch resnet needs image data ({', '.join(IMAGE_DATA)}); "
+                             f"data.name is {data!r}: use lstm, gru or transformer")
+        if arch != "resnet" and data in IMAGE_DATA:
+            raise ValueError(f"model.arch {arch} reads sequences; data.name {data!r} is images: "
+                             "use arch resnet, or digits_rows for the digits as sequences")
+        if data in TEXT_DATA and getattr(self.model, "bidirectional", False):
+            raise ValueError("model.bidirectional: a language model cannot read ahead; "
+                             "set it to false for text data")
         if self.train.batch_size < self.resources.workers:
             raise ValueError(f"train.batch_size ({self.train.batch_size}) must be at least "
                              f"resources.workers ({self.resources.workers})")
         return self
+
+    @property
+    def task(self) -> str:
+        """image | sequence | lm"""
+        if self.data.name in IMAGE_DATA:
+            return "image"
+        return "lm" if self.data.name in TEXT_DATA else "sequence"
+
+    @property
+    def monitor(self) -> tuple[str, str]:
+        """(metric, 'max'|'min') that picks the best epoch and drives early stopping."""
+        metric = self.stop.monitor
+        if metric == "auto":
+            metric = "val/loss" if self.task == "lm" else "val/accuracy"
+        return metric, "min" if metric.endswith("loss") else "max"
 
     def resource_demand(self) -> dict[str, float]:
         res = self.resources

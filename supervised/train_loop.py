@@ -1,12 +1,13 @@
 """The supervised training loop: one function that Ray Train runs on every worker (DDP rank).
 
 One worker or many, CPU or GPU, it is the same code: Ray Train sets up the process group, wraps
-the model in DDP and moves batches to the worker's device. Rank 0 logs to MLflow and writes
-the checkpoints; every rank calls `ray.train.report` each epoch (it is a barrier in Train V2).
+the model in DDP and gives each worker its device. Rank 0 logs to MLflow and writes the
+checkpoints; every rank calls `ray.train.report` each epoch (it is a barrier in Train V2).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import tempfile
@@ -22,24 +23,24 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler
 
 from trainyard.checkpoints import load_state, save_state
-from trainyard.supervised.data import load_dataset
+from trainyard.supervised import artifacts
+from trainyard.supervised.finetune import apply_init
 from trainyard.supervised.models import build_model
 from trainyard.supervised.spec import SupervisedJob
-from trainyard.supervised.transforms import random_shift
+from trainyard.supervised.transforms import augment_batch
 
 
-def _make_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
-    # No weight decay on biases and norm scales: decaying them only hurts.
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    groups = [{"params": decay, "weight_decay": train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+def make_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
+    # No weight decay on biases, norm scales and embeddings' 1-d friends: decaying them hurts.
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": train.weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
     if train.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)
     return torch.optim.AdamW(groups, lr=train.lr)
 
 
-def _warmup_cosine(warmup_steps: int, total_steps: int):
+def warmup_cosine(warmup_steps: int, total_steps: int):
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
@@ -48,83 +49,131 @@ def _warmup_cosine(warmup_steps: int, total_steps: int):
     return factor
 
 
+def loss_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+    """Mean cross-entropy, correct predictions, predictions; (B, K) or (B, T, K) logits."""
+    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
+    loss = F.cross_entropy(logits.float(), targets)
+    return loss, (logits.argmax(-1) == targets).sum(), targets.numel()
+
+
+def precision_context(spec: SupervisedJob, device: torch.device):
+    """(autocast context, GradScaler or None): mixed precision on GPU only."""
+    if device.type != "cuda" or spec.train.precision == "fp32":
+        return contextlib.nullcontext(), None
+    choice = spec.train.precision
+    if choice == "auto":
+        choice = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    dtype = torch.bfloat16 if choice == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda") if dtype == torch.float16 else None
+    return torch.autocast("cuda", dtype=dtype), scaler
+
+
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, dataset, device: torch.device) -> dict[str, float]:
-    """Loss and accuracy over a whole dataset (every rank computes it: the sets are small)."""
+def evaluate(model: torch.nn.Module, dataset, device: torch.device, autocast=None) -> dict:
+    """Loss and accuracy over a whole split (every rank computes it: it keeps DDP out)."""
     model.eval()
-    loader = DataLoader(dataset, batch_size=512)
     loss_sum, correct, count = 0.0, 0, 0
-    for images, labels in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
+    for inputs, targets in DataLoader(dataset, batch_size=256):
+        inputs, targets = inputs.to(device), targets.to(device)
+        with autocast or contextlib.nullcontext():
+            loss, hits, n = loss_and_hits(model(inputs), targets)
+        loss_sum, correct, count = loss_sum + loss.item() * n, correct + int(hits), count + n
     return {"loss": loss_sum / count, "accuracy": correct / count}
 
 
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    """Sum values over the ranks (a no-op on one worker)."""
-    if not dist.is_available() or not dist.is_initialized():
+    if not (dist.is_available() and dist.is_initialized()):
         return values
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
     return tensor.tolist()
 
 
-def _train_epoch(model, loader, optimizer, scheduler, spec, device, generator) -> dict:
+def train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision) -> dict:
+    """One pass (or `train.steps_per_epoch` optimizer steps); returns summed-over-ranks stats."""
+    autocast, scaler = precision
+    accum, cap = spec.train.grad_accum, spec.train.steps_per_epoch
     model.train()
     loss_sum, correct, count, steps = 0.0, 0, 0, 0
     start = time.perf_counter()
-    for images, labels in loader:
-        if spec.data.augment:
-            images = random_shift(images, 1, generator)
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+    for micro, (inputs, targets) in enumerate(loader):
+        if spec.task == "image":
+            inputs = augment_batch(inputs, spec.data, rng)
+        inputs, targets = inputs.to(device), targets.to(device)
+        stepping = (micro + 1) % accum == 0
+        # DDP averages gradients on every backward; between optimizer steps it need not.
+        sync = contextlib.nullcontext() if stepping or not hasattr(model, "no_sync") \
+            else model.no_sync()
+        with sync:
+            with autocast:
+                loss, hits, n = loss_and_hits(model(inputs), targets)
+            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
+        loss_sum, correct, count = loss_sum + loss.item() * n, correct + int(hits), count + n
+        if not stepping:
+            continue
+        if scaler:
+            scaler.unscale_(optimizer)
         if spec.train.grad_clip:
             torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip)
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
         scheduler.step()
-        loss_sum += loss.item() * len(labels)
-        correct += (logits.argmax(1) == labels).sum().item()
-        count += len(labels)
         steps += 1
+        if cap and steps >= cap:
+            break
     seconds = time.perf_counter() - start
     loss_sum, correct, count = _all_sum([loss_sum, correct, count], device)
     return {"train/loss": loss_sum / count, "train/accuracy": correct / count,
-            "perf/samples_per_s": count / seconds, "steps": steps}
+            "perf/samples_per_s": count / seconds, "perf/epoch_s": seconds, "steps": steps}
+
+
+def _epoch_metrics(spec, stats: dict, val: dict, lr: float, epoch: int) -> dict:
+    metrics = {**stats, "val/loss": val["loss"], "val/accuracy": val["accuracy"],
+               "train/lr": lr, "train/epoch": epoch}
+    if spec.task == "lm":  # natural-log loss -> bits per character and perplexity
+        for split in ("train", "val"):
+            metrics[f"{split}/bits_per_char"] = metrics[f"{split}/loss"] / math.log(2)
+        metrics["val/perplexity"] = math.exp(min(val["loss"], 50.0))
+    return metrics
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train entry point. config: {'spec': resolved spec dict, 'ctx': RunContext}."""
+    """Ray Train entry point. config: spec (dict), ctx (RunContext), data (Splits), init."""
     # Ray Train logs every report at INFO in the workers (through a logger named by its file
     # path, so only the root level reaches it); the driver's progress line says it once.
     logging.getLogger().setLevel(logging.WARNING)
     # DDP warns when a 1x1 strided conv's gradient layout differs from its bucket: harmless.
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     spec = SupervisedJob.model_validate(config["spec"])
-    ctx = config["ctx"]
+    ctx, data = config["ctx"], config["data"]
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(ctx.seed)
     device = ray.train.torch.get_device()
+    precision = precision_context(spec, device)
 
-    data = load_dataset(spec.data, ctx.seed)
-    model = build_model(spec.model, data.in_channels, data.num_classes)
+    model = build_model(spec.model, data.info)
+    if config.get("init") is not None:
+        apply_init(model, config["init"], spec.init_from)
     sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True,
                                  seed=ctx.seed)
-    loader = DataLoader(data.train, batch_size=max(1, spec.train.batch_size // world),
-                        sampler=sampler)
-    steps_per_epoch = len(loader)
-    optimizer = _make_optimizer(model, spec.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup_cosine(
+    micro_batch = max(1, spec.train.batch_size // (world * spec.train.grad_accum))
+    loader = DataLoader(data.train, batch_size=micro_batch, sampler=sampler, drop_last=True)
+    steps_per_epoch = max(1, len(loader) // spec.train.grad_accum)
+    if spec.train.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, spec.train.steps_per_epoch)
+    optimizer = make_optimizer(model, spec.train)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
         round(spec.train.warmup_epochs * steps_per_epoch), spec.stop.epochs * steps_per_epoch))
-    augment_rng = torch.Generator().manual_seed(ctx.seed * 1000 + rank)
+    rng = torch.Generator().manual_seed(ctx.seed * 1000 + rank)
+    monitor, mode = spec.monitor
+    state = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": 0, "stale": 0}
+    best_model = None
 
-    state = {"epoch": 0, "global_step": 0, "best_val": -1.0, "best_epoch": 0, "stale": 0}
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:  # resumed: by `trainyard resume` or after a worker failure
         with checkpoint.as_directory() as folder:
@@ -132,11 +181,9 @@ def train_loop(config: dict[str, Any]) -> None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
-        augment_rng.set_state(saved["augment_rng"])
+        rng.set_state(saved["augment_rng"])
         state.update(saved["progress"])
         best_model = saved["best_model"]
-    else:
-        best_model = {k: v.clone() for k, v in model.state_dict().items()}
     model = ray.train.torch.prepare_model(model)  # DDP (and device) when world > 1
     plain = model.module if hasattr(model, "module") else model
     logger = ctx.logger() if rank == 0 else None
@@ -146,17 +193,18 @@ def train_loop(config: dict[str, Any]) -> None:
 
     for epoch in range(state["epoch"] + 1, spec.stop.epochs + 1):
         sampler.set_epoch(epoch)
-        stats = _train_epoch(model, loader, optimizer, scheduler, spec, device, augment_rng)
+        stats = train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision)
         state["global_step"] += stats.pop("steps")
-        val = evaluate(plain, data.val, device)
+        val = evaluate(plain, data.val, device, precision[0])
+        metrics = _epoch_metrics(spec, stats, val, scheduler.get_last_lr()[0], epoch)
         state["epoch"] = epoch
-        if val["accuracy"] > state["best_val"]:
-            state.update(best_val=val["accuracy"], best_epoch=epoch, stale=0)
+        score = metrics[monitor]
+        if state["best"] is None or (score > state["best"] if mode == "max"
+                                     else score < state["best"]):
+            state.update(best=score, best_epoch=epoch, stale=0)
             best_model = {k: v.detach().clone() for k, v in plain.state_dict().items()}
         else:
             state["stale"] += 1
-        metrics = {**stats, "val/loss": val["loss"], "val/accuracy": val["accuracy"],
-                   "train/lr": scheduler.get_last_lr()[0], "train/epoch": epoch}
         out_of_time = spec.stop.minutes and time.monotonic() - started > 60 * spec.stop.minutes
         patience_out = spec.stop.patience and state["stale"] >= spec.stop.patience
         last = epoch == spec.stop.epochs or bool(out_of_time) or bool(patience_out)
@@ -165,17 +213,21 @@ def train_loop(config: dict[str, Any]) -> None:
             ctx.emit(f"epoch {epoch}/{spec.stop.epochs}", metrics)
         _report(metrics, rank, last or epoch % spec.checkpoint.every_epochs == 0, {
             "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "augment_rng": augment_rng.get_state(),
+            "scheduler": scheduler.state_dict(), "augment_rng": rng.get_state(),
             "progress": dict(state), "best_model": best_model})
         if last:
             break
 
     plain.load_state_dict(best_model)  # test the weights that did best on validation
-    test = evaluate(plain, data.test, device)
+    test = evaluate(plain, data.test, device, precision[0])
     final = {"test/loss": test["loss"], "test/accuracy": test["accuracy"],
-             "val/best_accuracy": state["best_val"], "train/best_epoch": state["best_epoch"]}
+             f"{monitor.replace('val/', 'val/best_')}": state["best"],
+             "train/best_epoch": state["best_epoch"]}
+    if spec.task == "lm":
+        final["test/bits_per_char"] = test["loss"] / math.log(2)
     if rank == 0:
         logger.log(final, step=state["global_step"])
+        artifacts.log_run_artifacts(spec, ctx.run, plain, data, device)
     ray.train.report(final)
 
 

@@ -1,7 +1,9 @@
-"""Driver side of a supervised run: build Ray Train's TorchTrainer from the spec and fit it."""
+"""Driver side of a supervised run: load the data once, build Ray Train's TorchTrainer from the
+spec, fit it."""
 
 from __future__ import annotations
 
+import tempfile
 from typing import TYPE_CHECKING
 
 from trainyard import tracking
@@ -11,7 +13,7 @@ if TYPE_CHECKING:
     from trainyard.supervised.spec import SupervisedJob
 
 
-def build_trainer(spec: "SupervisedJob", ctx: "RunContext"):
+def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None):
     """The TorchTrainer for a run; its name and storage are the run's, so a rerun resumes."""
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -24,7 +26,8 @@ def build_trainer(spec: "SupervisedJob", ctx: "RunContext"):
         per_worker["GPU"] = res.gpus_per_worker
     return TorchTrainer(
         train_loop,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx, "data": data,
+                           "init": init},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
@@ -36,9 +39,33 @@ def build_trainer(spec: "SupervisedJob", ctx: "RunContext"):
     )
 
 
-def train(spec: "SupervisedJob", ctx: "RunContext") -> dict[str, float]:
+def _init_weights(spec: SupervisedJob, ctx: RunContext):
+    """The init_from weights, read safely here and shipped to the workers with the config."""
+    from trainyard.supervised.finetune import load_init_state
+
+    if spec.init_from is None:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        def download(run_id: str, path: str) -> str:
+            return tracking.download(tracking.RunRef(ctx.run.uri, run_id), path, tmp)
+
+        weights = load_init_state(spec.init_from.source, download)
+    tracking.set_tags(ctx.run, {f"{tracking.TAG}init_from": spec.init_from.source})
+    return weights
+
+
+def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     """Fit the job; return the final metrics (test accuracy and friends)."""
-    result = build_trainer(spec, ctx).fit()
+    from trainyard.supervised.data import load_dataset, unigram_bits_per_char
+
+    data = load_dataset(spec.data, ctx.seed)
+    sizes = {f"data.{name}_size": len(getattr(data, name)) for name in ("train", "val", "test")}
+    if data.info.task == "lm":
+        sizes["data.vocab_size"] = len(data.info.vocab)
+    tracking.set_tags(ctx.run, sizes)
+    if data.info.task == "lm" and not ctx.resume:
+        ctx.logger().log({"baseline/unigram_bits_per_char": unigram_bits_per_char(data)}, 0)
+    result = build_trainer(spec, ctx, data, _init_weights(spec, ctx)).fit()
     if result.checkpoint is not None:
         tracking.set_tags(ctx.run, {f"{tracking.TAG}latest_checkpoint": result.checkpoint.path})
     return tracking.latest_metrics(ctx.run)

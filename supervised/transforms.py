@@ -20,3 +20,21 @@ def random_shift(images: torch.Tensor, pad: int, generator: torch.Generator | No
     # (B, H, W, C) gathered, then back to (B, C, H, W)
     out = padded.permute(0, 2, 3, 1)[index, rows[:, :, None], cols[:, None, :]]
     return out.permute(0, 3, 1, 2).contiguous()
+
+
+def random_flip(images: torch.Tensor, generator: torch.Generator | None = None):
+    """Mirror a random half of the images left-right: (B, C, H, W)."""
+    flip = torch.rand(images.shape[0], generator=generator) < 0.5
+    out = images.clone()
+    out[flip] = images[flip].flip(-1)
+    return out
+
+
+def augment_batch(images: torch.Tensor, data_spec, generator: torch.Generator):
+    """The augmentation the spec's image `data` section asks for (crop with padding, flips)."""
+    if not data_spec.augment:
+        return images
+    images = random_shift(images, data_spec.pad, generator)
+    if data_spec.flip:
+        images = random_flip(images, generator)
+    return images

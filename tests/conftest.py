@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-DIGITS = REPO / "supervised" / "configs" / "digits_cnn.yaml"
+DIGITS = REPO / "supervised" / "configs" / "cnn_digits.yaml"
 CARTPOLE = REPO / "agents" / "configs" / "dqn_cartpole.yaml"
 
 

@@ -63,6 +63,18 @@ BAD = [
      [], ["bad.yaml:12", "sweep.space", "unknown function 'between'"]),
     ("sweep-bounds", GOOD + "sweep: {metric: m, space: {train.lr: 'loguniform(0, 1)'}}\n",
      [], ["bad.yaml:12", "loguniform() needs low > 0"]),
+    ("resnet-on-text", GOOD.replace("  widths: [8]\n", "") + "data: {name: text}\n", [],
+     ["bad.yaml:6", "model.arch resnet needs image data", "use lstm, gru or transformer"]),
+    ("lstm-on-images", GOOD.replace("  arch: resnet\n  widths: [8]", "  arch: lstm"), [],
+     ["bad.yaml:6", "model.arch lstm reads sequences", "digits_rows"]),
+    ("bidirectional-lm", GOOD.replace("  arch: resnet\n  widths: [8]",
+                                      "  arch: gru\n  bidirectional: true")
+     + "data: {name: text}\n", [], ["bad.yaml:7", "cannot read ahead"]),
+    ("heads-divide", GOOD.replace("  arch: resnet\n  widths: [8]",
+                                  "  arch: transformer\n  d_model: 30\n  heads: 4")
+     + "data: {name: digits_rows}\n", [], ["bad.yaml:5", "heads (4) must divide d_model (30)"]),
+    ("unknown-dataset", GOOD + "data: {name: imagenet}\n", [],
+     ["bad.yaml:12", "data", "'digits'", "'imagenet'"]),
     ("unknown-env", "name: x\nkind: rl\nagent:\n  algo: dqn\n  env: CartPol-v1\n", [],
      ["bad.yaml:5", "agent.env", "unknown environment", "CartPole-v1"]),
     ("rl-negative-steps", "name: x\nkind: rl\nagent: {env: CartPole-v1}\nstop:\n  env_steps: -1\n",

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[2]
-JOB = REPO / "supervised" / "configs" / "digits_cnn.yaml"
+JOB = REPO / "supervised" / "configs" / "cnn_digits.yaml"
 
 
 def plain_torch(epochs: int) -> tuple[float, float]:

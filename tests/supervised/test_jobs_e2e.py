@@ -1,0 +1,115 @@
+"""Every supervised job kind end to end (tiny budgets) through one Ray session into MLflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO
+from trainyard.cli import main
+
+CONFIGS = REPO / "supervised" / "configs"
+
+
+@pytest.fixture(scope="module")
+def ray_once():
+    """One embedded Ray for the module (the CLI joins a running one instead of starting its
+    own), so each job costs its training, not Ray's start-up."""
+    import ray
+
+    from trainyard import launcher  # noqa: F401  (sets Ray's environment before init)
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+def run_job(config: str, *overrides: str) -> None:
+    argv = ["run", str(CONFIGS / config)]
+    for override in overrides:
+        argv += ["-o", override]
+    assert main(argv) == 0
+
+
+def last_run(uri: str, experiment: str):
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    return client, runs[0]
+
+
+def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
+    return {a.path for a in client.list_artifacts(run_id, folder)}
+
+
+def test_char_lm_logs_bits_per_char_samples_and_a_registered_model(ray_once, workdir,
+                                                                   store_uri):
+    run_job("transformer_charlm.yaml", "stop.epochs=2", "train.steps_per_epoch=4",
+            "data.context=32", "model.d_model=32", "model.layers=1", "train.grad_accum=2",
+            "output.register_as=charlm", "tracking.experiment=lm")
+    client, run = last_run(store_uri, "lm")
+    metrics = run.data.metrics
+    assert run.info.status == "FINISHED"
+    assert metrics["baseline/unigram_bits_per_char"] > 4
+    assert 0 < metrics["val/bits_per_char"] < 8 and metrics["val/perplexity"] > 1
+    assert "test/bits_per_char" in metrics and "perf/epoch_s" in metrics
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert sorted(steps) == [4, 8]  # steps_per_epoch caps optimizer steps (accumulated)
+    assert {"samples.txt", "model", "best_model", "job.yaml"} <= artifact_paths(
+        client, run.info.run_id)
+    assert "model/MLmodel" in artifact_paths(client, run.info.run_id, "model")
+    assert "best_model/state.pt" in artifact_paths(client, run.info.run_id, "best_model")
+    text = client.download_artifacts(run.info.run_id, "samples.txt", str(workdir))
+    assert Path(text).read_text().startswith("The ")
+    versions = client.search_model_versions("name='charlm'")
+    assert [v.run_id for v in versions] == [run.info.run_id]
+
+
+def test_mlflow_model_loads_and_predicts(ray_once, workdir, store_uri):
+    import mlflow.pyfunc
+
+    run_job("transformer_classifier.yaml", "stop.epochs=2", "tracking.experiment=clf")
+    client, run = last_run(store_uri, "clf")
+    assert "plots/confusion_matrix.png" in artifact_paths(client, run.info.run_id, "plots")
+    model = mlflow.pyfunc.load_model(f"{run.info.artifact_uri}/model")
+    assert model.metadata.signature is not None
+    rows = np.random.default_rng(0).normal(size=(3, 8, 8)).astype(np.float32)
+    assert np.asarray(model.predict(rows)).shape == (3, 10)
+
+
+def test_fine_tuning_from_a_run_starts_ahead(ray_once, workdir, store_uri):
+    run_job("cnn_digits.yaml", "stop.epochs=4", "tracking.experiment=source")
+    _, source = last_run(store_uri, "source")
+    run_job("cnn_digits.yaml", "stop.epochs=1", "tracking.experiment=scratch")
+    _, scratch = last_run(store_uri, "scratch")
+    run_job("cnn_digits.yaml", "stop.epochs=1", "tracking.experiment=tuned",
+            f"init_from.source=runs:/{source.info.run_id}", "init_from.freeze_backbone=true")
+    _, tuned = last_run(store_uri, "tuned")
+    assert tuned.data.tags["trainyard.init_from"] == f"runs:/{source.info.run_id}"
+    # a new head on a trained, frozen backbone beats a network trained from nothing, 1 epoch each
+    assert tuned.data.metrics["val/accuracy"] > scratch.data.metrics["val/accuracy"] + 0.1
+
+
+def test_table_job_through_ray_data(ray_once, workdir, store_uri):
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    columns = [f"p{i}" for i in range(16)]  # 4x4 average-pooled digits: 16 features
+    pooled = digits.images.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(-1, 16)
+    frame = pd.DataFrame(pooled, columns=columns)
+    frame["digit"] = [f"d{t}" for t in digits.target]
+    frame.to_parquet(workdir / "digits.parquet")
+    features = "[" + ", ".join(columns) + "]"
+    run_job("transformer_classifier.yaml", "data={name: table, path: digits.parquet, "
+            f"features: {features}, label: digit}}", "model={arch: gru, hidden: 64, layers: 1}",
+            "stop.epochs=15",
+            "tracking.experiment=table")
+    _, run = last_run(store_uri, "table")
+    sizes = [int(run.data.tags[f"data.{split}_size"]) for split in ("train", "val", "test")]
+    assert sum(sizes) == len(frame) and min(sizes) > 150  # every row in exactly one split
+    assert run.data.metrics["val/accuracy"] > 0.5
