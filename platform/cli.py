@@ -3,6 +3,8 @@
     trainyard validate JOB.yaml [-o key.path=value ...]
     trainyard run JOB.yaml [-o ...] [--seed N] [--address HOST:PORT]
     trainyard resume RUN_ID [--address ...]
+    trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
+    trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
     trainyard ui [--port 5000]
 
 Exit codes: 0 success, 1 training failed, 2 bad input (spec, overrides, run id), 3 the cluster
@@ -49,6 +51,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="store holding the run (default: "
                    "$MLFLOW_TRACKING_URI, else ./trainyard-runs/mlflow.db)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
+
+    p = sub.add_parser("submit", help="run a job on a Ray cluster through the Ray Jobs API")
+    job_args(p)
+    p.add_argument("--address", default=None,
+                   help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default "
+                   "$RAY_ADDRESS)")
+    p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+
+    p = sub.add_parser("jobs", help="list the jobs on a Ray cluster")
+    p.add_argument("--address", default=None)
+
+    p = sub.add_parser("logs", help="print (or follow) a cluster job's logs")
+    p.add_argument("job_id")
+    p.add_argument("--address", default=None)
+    p.add_argument("--follow", action="store_true", help="stream until the job ends")
+
+    p = sub.add_parser("stop", help="stop a cluster job")
+    p.add_argument("job_id")
+    p.add_argument("--address", default=None)
 
     p = sub.add_parser("ui", help="open the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--tracking-uri", default=None)
@@ -114,6 +135,64 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     return _train(loaded, args.address, None, lambda: [runs.resume_job(loaded, ref, info)])
 
 
+def _follow(jobs, job_id: str) -> int:
+    import asyncio
+
+    async def stream() -> None:
+        async for chunk in jobs.tail_job_logs(job_id):
+            print(chunk, end="", flush=True)
+
+    asyncio.run(stream())
+    status = str(jobs.get_job_status(job_id)).split(".")[-1]
+    print(f"\njob {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from trainyard import submit
+
+    loaded = load_spec(args.job, args.override)
+    for warning in submit.local_store_warnings(loaded):
+        print(f"warning: {warning}", file=sys.stderr)
+    jobs = submit.client(args.address)
+    job_id = submit.submit(loaded, args.address)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    print(f"submitted {loaded.spec.name} as Ray job {job_id} to {address}\n"
+          f"  follow it:  trainyard logs {job_id} --follow --address {address}\n"
+          f"  stop it:    trainyard stop {job_id} --address {address}")
+    return _follow(jobs, job_id) if args.follow else 0
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from trainyard import submit
+
+    rows = sorted(submit.client(args.address).list_jobs(), key=lambda j: j.start_time or 0)
+    print(f"{'job id':<28} {'status':<10} {'job':<24} entrypoint")
+    for job in rows:
+        name = (job.metadata or {}).get("trainyard_job", "-")
+        print(f"{job.submission_id or job.job_id:<28} {str(job.status).split('.')[-1]:<10} "
+              f"{name:<24} {job.entrypoint}")
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from trainyard import submit
+
+    jobs = submit.client(args.address)
+    if args.follow:
+        return _follow(jobs, args.job_id)
+    print(jobs.get_job_logs(args.job_id), end="")
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from trainyard import submit
+
+    stopped = submit.client(args.address).stop_job(args.job_id)
+    print(f"job {args.job_id}: {'stop requested' if stopped else 'already ended'}")
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from trainyard import tracking
 
@@ -124,7 +203,8 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
-COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "ui": _cmd_ui}
+COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "ui": _cmd_ui,
+            "submit": _cmd_submit, "jobs": _cmd_jobs, "logs": _cmd_logs, "stop": _cmd_stop}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -142,9 +222,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return INTERRUPTED
     except Exception as err:
         from trainyard.launcher import ResourceError
+        from trainyard.spec import UserInputError
+        from trainyard.submit import SubmitError
 
         if isinstance(err, ResourceError):
             return _fail(str(err), NO_RESOURCES)
+        if isinstance(err, (SubmitError, UserInputError)):
+            return _fail(str(err), BAD_INPUT)
+        if type(err).__name__ in ("RuntimeError", "ValueError") and "job" in str(err).lower() \
+                and args.command in ("logs", "stop"):
+            return _fail(str(err).splitlines()[0], BAD_INPUT)  # e.g. an unknown job id
         raise
 
 

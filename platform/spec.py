@@ -15,6 +15,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from trainyard.sweep_space import parse_space_expr
 
+
+class UserInputError(ValueError):
+    """Input the user can fix (a data file that is missing or malformed, a bad source path),
+    found while the job runs. The CLI prints its message and exits with code 2."""
+
+
 _SUFFIXES = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 
 

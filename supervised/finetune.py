@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from trainyard.checkpoints import STATE_FILE, load_state
+from trainyard.spec import UserInputError
 
 HEAD = "head."
 
@@ -25,7 +26,7 @@ def resolve_source(source: str, download) -> Path:
     if path.is_file() and path.name == STATE_FILE:
         path = path.parent
     if not (path / STATE_FILE).is_file():
-        raise FileNotFoundError(f"init_from.source {source!r}: no {STATE_FILE} there; give a "
+        raise UserInputError(f"init_from.source {source!r}: no {STATE_FILE} there; give a "
                                 "runs:/RUN_ID of a trainyard run or a best_model folder")
     return path
 

@@ -18,16 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from trainyard.spec import UserInputError
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif"}
 
 
-class DataError(ValueError):
+class DataError(UserInputError):
     """Data that is missing or not in the expected format; the message says which file."""
 
 
-def _need(path: Path, what: str) -> Path:
+def _need(path: Path, what: str, field: str = "data.path") -> Path:
     if not path.exists():
-        raise DataError(f"{what} not found: {path}")
+        raise DataError(f"{field}: {what} not found: {path} (relative paths start at "
+                        f"{Path.cwd()})")
     return path
 
 
@@ -165,7 +168,7 @@ def read_text(source: str) -> str:
         from pydoc_data.topics import topics
 
         return "\n\n".join(topics[key] for key in sorted(topics))
-    path = _need(Path(source), "text file")
+    path = _need(Path(source), "text file", field="data.source")
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:

@@ -20,7 +20,7 @@ import ray.train.torch
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from trainyard.checkpoints import load_state, save_state
 from trainyard.supervised import artifacts
@@ -150,6 +150,9 @@ def train_loop(config: dict[str, Any]) -> None:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     spec = SupervisedJob.model_validate(config["spec"])
     ctx, data = config["ctx"], config["data"]
+    # The splits arrive as read-only views of Ray's shared memory; batches gathered from a
+    # private copy train ~5% faster (measured: tests/benchmarks/bench_supervised.py).
+    data.train = TensorDataset(*(t.clone() for t in data.train.tensors))
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(ctx.seed)

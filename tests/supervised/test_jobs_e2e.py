@@ -113,3 +113,13 @@ def test_table_job_through_ray_data(ray_once, workdir, store_uri):
     sizes = [int(run.data.tags[f"data.{split}_size"]) for split in ("train", "val", "test")]
     assert sum(sizes) == len(frame) and min(sizes) > 150  # every row in exactly one split
     assert run.data.metrics["val/accuracy"] > 0.5
+
+
+def test_early_stopping_ends_the_run_when_validation_stalls(ray_once, workdir, store_uri):
+    # lr ~ 0: validation accuracy cannot improve after epoch 1, so patience 1 stops at epoch 2
+    run_job("transformer_classifier.yaml", "stop.epochs=10", "stop.patience=1",
+            "train.lr=1e-12", "output.log_model=false", "tracking.experiment=patience")
+    client, run = last_run(store_uri, "patience")
+    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "train/epoch")]
+    assert sorted(epochs) == [1.0, 2.0]
+    assert run.data.metrics["train/best_epoch"] == 1

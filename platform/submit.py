@@ -1,0 +1,127 @@
+"""Running jobs on a Ray cluster through the Ray Jobs API: submit, list, logs, stop.
+
+`trainyard submit JOB.yaml --address http://HEAD:8265` builds this checkout's wheel, ships it
+in the job's runtime_env (`py_modules`) together with the resolved job spec (`working_dir`
+holds only job.yaml), and starts `python -m trainyard.cli run job.yaml` on the cluster. The
+cluster's nodes already have the pinned dependencies (their setup commands install them), so
+the shipped wheel declares none: Ray installs `py_modules` wheels with plain `pip install
+--target`, which would otherwise pull torch and a second Ray into every job.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from trainyard.loader import LoadedSpec, dump_spec
+from trainyard.tracking import resolve_uri
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT_WAIT_S = 60  # how long a new head's job agent may take to come up
+
+
+class SubmitError(RuntimeError):
+    """The job cannot be submitted; the message says why and what to do."""
+
+
+def client(address: str | None):
+    """A JobSubmissionClient for `address` (or $RAY_ADDRESS)."""
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SubmitError("no cluster address: pass --address http://HEAD:8265 or set "
+                          "RAY_ADDRESS (after `ray dashboard clusters/aws-gpu.yaml` it is "
+                          "http://127.0.0.1:8265)")
+    try:
+        return JobSubmissionClient(address)
+    except (ConnectionError, RuntimeError, ValueError) as err:
+        raise SubmitError(f"cannot reach the Ray Jobs API at {address}: "
+                          f"{str(err).splitlines()[0]}") from None
+
+
+def _strip_requirements(wheel: Path) -> Path:
+    """Rewrite the wheel without Requires-Dist lines (RECORD updated to match)."""
+    temp = wheel.with_suffix(".tmp")
+    with zipfile.ZipFile(wheel) as source, zipfile.ZipFile(temp, "w",
+                                                           zipfile.ZIP_DEFLATED) as target:
+        names = source.namelist()
+        metadata_name = next(n for n in names if n.endswith(".dist-info/METADATA"))
+        metadata = b"".join(line for line in source.read(metadata_name).splitlines(True)
+                            if not line.startswith(b"Requires-Dist:"))
+        digest = base64.urlsafe_b64encode(hashlib.sha256(metadata).digest()).rstrip(b"=")
+        for name in names:
+            data = source.read(name)
+            if name == metadata_name:
+                data = metadata
+            elif name.endswith(".dist-info/RECORD"):
+                lines = [f"{metadata_name},sha256={digest.decode()},{len(metadata)}"
+                         if line.startswith(metadata_name + ",") else line
+                         for line in data.decode().splitlines()]
+                data = ("\n".join(lines) + "\n").encode()
+            target.writestr(name, data)
+    os.replace(temp, wheel)  # same name: pip reads name and version from it
+    return wheel
+
+
+def build_wheel(folder: Path) -> Path:
+    """Build this checkout's wheel into `folder`; the dependency-free variant for the cluster."""
+    if not (REPO / "pyproject.toml").is_file():
+        raise SubmitError(f"trainyard submit ships the source checkout's wheel, and "
+                          f"{REPO} is not one; run it from a git checkout of trainyard")
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                             "--wheel-dir", str(folder), str(REPO)], capture_output=True,
+                            text=True)
+    wheels = sorted(folder.glob("trainyard-*.whl"))
+    if result.returncode or not wheels:
+        raise SubmitError(f"building the trainyard wheel failed:\n{result.stderr[-2000:]}")
+    return _strip_requirements(wheels[-1])
+
+
+def local_store_warnings(loaded: LoadedSpec) -> list[str]:
+    """What would be lost or misplaced on a cluster: local tracking stores and checkpoints."""
+    spec, found = loaded.spec, []
+    uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default"
+    if not uri.startswith(("http://", "https://", "databricks")):
+        found.append(f"the tracking URI ({uri}) is a store local to the node the job runs "
+                     "on: its runs are lost with the node. Point tracking.uri (or "
+                     "MLFLOW_TRACKING_URI) at a shared MLflow server (README: Run on a GPU "
+                     "cluster)")
+    path = spec.checkpoint.path
+    if "://" not in path:
+        found.append(f"checkpoint.path ({path}) is a local folder: multi-node runs need "
+                     "shared storage (s3://..., gs://... or an NFS path on every node)")
+    return found
+
+
+def submit(loaded: LoadedSpec, address: str | None) -> str:
+    """Submit the job; returns the Ray job id."""
+    jobs = client(address)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = build_wheel(Path(tmp, "wheel"))
+        workdir = Path(tmp, "job")
+        workdir.mkdir()
+        (workdir / "job.yaml").write_text(dump_spec(loaded.spec))
+        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "PYTHONUNBUFFERED": "1"}
+        if loaded.spec.tracking.uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
+            env["MLFLOW_TRACKING_URI"] = resolve_uri(None)
+        deadline = time.monotonic() + AGENT_WAIT_S
+        while True:
+            try:
+                return jobs.submit_job(
+                    entrypoint="python -m trainyard.cli run job.yaml",
+                    runtime_env={"working_dir": str(workdir), "py_modules": [str(wheel)],
+                                 "env_vars": env},
+                    metadata={"trainyard_job": loaded.spec.name, "source": loaded.source})
+            except RuntimeError as err:
+                # A head that has just started answers 500 until its job agent is up.
+                if "No available agent" not in str(err) or time.monotonic() > deadline:
+                    raise
+                time.sleep(2)

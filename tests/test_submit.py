@@ -1,0 +1,137 @@
+"""`trainyard submit` against a real Ray head node started here (127.0.0.1, free ports).
+
+The head runs from this virtualenv; the job gets trainyard only through the wheel shipped in
+its runtime_env. Only the processes this test started are stopped afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import DIGITS, env_without_tracking
+from trainyard.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _our_processes(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes().decode(errors="ignore"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+@pytest.fixture(scope="module")
+def head():
+    """A Ray head node on 127.0.0.1; yields its Jobs API address."""
+    temp = tempfile.mkdtemp(prefix="tyr", dir="/tmp")  # short: Ray's socket paths are limited
+    port, dashboard = _free_port(), _free_port()
+    # Ray 2.60 heads require a token by default; the client finds it in $RAY_AUTH_TOKEN.
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16)}
+    saved = {key: os.environ.get(key) for key in auth}
+    os.environ.update(auth)
+    env = {**env_without_tracking(), **auth}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head",
+                    "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+                    f"--temp-dir={temp}", "--include-dashboard=true",
+                    # free ports for every agent: the defaults (52365, ...) clash with any
+                    # other Ray on this machine, a local `trainyard run` included
+                    f"--dashboard-agent-listen-port={_free_port()}",
+                    f"--dashboard-agent-grpc-port={_free_port()}",
+                    f"--runtime-env-agent-port={_free_port()}",
+                    f"--metrics-export-port={_free_port()}",
+                    "--disable-usage-stats"], check=True, env=env, capture_output=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        yield address
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for pid in _our_processes(temp):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _wait(address: str, job_id: str, timeout_s: float = 420) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = str(client.get_job_status(job_id)).split(".")[-1]
+        if status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return status
+        time.sleep(2)
+    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s")
+
+
+def _submitted_id(out: str) -> str:
+    return out.split(" as Ray job ")[1].split()[0]
+
+
+def test_submit_runs_the_job_on_the_cluster_into_mlflow(head, workdir, capsys, monkeypatch):
+    uri = f"sqlite:///{workdir / 'shared' / 'mlflow.db'}"  # stands in for a shared server
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert main(["submit", str(DIGITS), "-o", "stop.epochs=2", "-o", "resources.workers=1",
+                 "-o", "output.log_model=false", "-o", "tracking.experiment=cluster",
+                 "--address", head]) == 0
+    captured = capsys.readouterr()
+    job_id = _submitted_id(captured.out)
+    assert f"trainyard logs {job_id} --follow" in captured.out
+    assert "lost with the node" in captured.err  # a sqlite store is warned about
+    assert _wait(head, job_id) == "SUCCEEDED"
+
+    client = MlflowClient(uri)
+    run = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])[0]
+    assert run.info.status == "FINISHED" and run.data.metrics["test/accuracy"] > 0.5
+    assert len(client.get_metric_history(run.info.run_id, "val/accuracy")) == 2
+
+    assert main(["logs", job_id, "--address", head]) == 0
+    logs = capsys.readouterr().out
+    assert "[digits-cnn] epoch 2/2" in logs and "FINISHED" in logs
+    assert main(["jobs", "--address", head]) == 0
+    assert job_id in capsys.readouterr().out
+
+
+def test_a_job_whose_code_fails_is_failed_with_its_error_in_the_logs(head, workdir, capsys):
+    assert main(["submit", str(DIGITS), "-o", "data={name: mnist_idx, path: /nowhere/mnist}",
+                 "--address", head]) == 0
+    job_id = _submitted_id(capsys.readouterr().out)
+    assert _wait(head, job_id) == "FAILED"
+    assert main(["logs", job_id, "--address", head]) == 0
+    assert "MNIST folder not found: /nowhere/mnist" in capsys.readouterr().out
+
+
+def test_submit_without_an_address_says_how_to_give_one(workdir, capsys, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["submit", str(DIGITS)]) == 2
+    assert "pass --address" in capsys.readouterr().err
