@@ -181,14 +181,14 @@ def _cmd_logs(args: argparse.Namespace) -> int:
     jobs = submit.client(args.address)
     if args.follow:
         return _follow(jobs, args.job_id)
-    print(jobs.get_job_logs(args.job_id), end="")
+    print(submit.about_job(args.job_id, jobs.get_job_logs), end="")
     return 0
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from trainyard import submit
 
-    stopped = submit.client(args.address).stop_job(args.job_id)
+    stopped = submit.about_job(args.job_id, submit.client(args.address).stop_job)
     print(f"job {args.job_id}: {'stop requested' if stopped else 'already ended'}")
     return 0
 
@@ -229,9 +229,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(err), NO_RESOURCES)
         if isinstance(err, (SubmitError, UserInputError)):
             return _fail(str(err), BAD_INPUT)
-        if type(err).__name__ in ("RuntimeError", "ValueError") and "job" in str(err).lower() \
-                and args.command in ("logs", "stop"):
-            return _fail(str(err).splitlines()[0], BAD_INPUT)  # e.g. an unknown job id
         raise
 
 

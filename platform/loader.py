@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import difflib
 import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -110,66 +111,88 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[Loc, str]:
 
 
 def _value_at(data: Any, loc: Loc) -> tuple[Loc, Any]:
-    """Follow `loc` into `data`, skipping the tags pydantic adds for unions; (path, value)."""
+    """Follow pydantic's `loc` into `data`; (the path in the user's terms, the value there).
+
+    Union members add a tag to the loc (the discriminator's value, such as 'resnet', or
+    'function-after[...]'): those parts are not keys of the file and are skipped.
+    """
     path: Loc = ()
     for part in loc:
         if isinstance(data, dict) and part in data:
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
+        elif isinstance(data, dict) and (part in data.values() or "[" in str(part)):
+            continue
         else:
-            if isinstance(data, (dict, list)) and not isinstance(part, str | int):
-                continue
-            if isinstance(data, dict) and isinstance(part, str) and "[" in part:
-                continue  # a union tag such as 'function-after[...]'
-            path += (part,)
-            return path, None
+            return path + (part,), None
         path += (part,)
     return path, data
 
 
-def _expected(error: dict, model: type[BaseModel], loc: Loc) -> str:
+def _expected(error: dict, model: type[BaseModel], loc: Loc, data: Any) -> str:
     """The human half of one pydantic error."""
     kind = error["type"]
     if kind == "extra_forbidden":
-        section = _section_model(model, loc[:-1])
+        section = _section_model(model, loc[:-1], data)
         allowed = sorted(section.model_fields) if section else []
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         guess = f" (did you mean '{hint[0]}'?)" if hint else ""
         return f"unknown field{guess}; allowed here: {', '.join(allowed)}"
     if kind == "missing":
-        section = _section_model(model, loc[:-1])
+        section = _section_model(model, loc[:-1], data)
         info = section.model_fields.get(str(loc[-1])) if section else None
         doc = f" ({info.description})" if info and info.description else ""
         return f"required field is missing{doc}"
     if kind == "union_tag_invalid":
         return f"expected one of {error['ctx']['expected_tags']} (got {error['ctx']['tag']!r})"
     if kind == "union_tag_not_found":
-        return "required field is missing: it picks the variant of this section"
+        parent = _section_model(model, loc[:-2], data) if len(loc) > 1 else model
+        info = parent.model_fields.get(str(loc[-2])) if parent else None
+        tags = [repr(tag) for member in _models_in(info.annotation if info else None)
+                for tag in typing.get_args(member.model_fields[str(loc[-1])].annotation)]
+        return f"required field is missing: one of {', '.join(tags)}"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "value_error" and not loc_is_field(model, loc):
+    if error["type"] == "value_error" and not loc_is_field(model, loc, data):
         return message  # our own cross-field checks say what to do in full
     return f"{message[0].lower()}{message[1:]} (got {error.get('input')!r})"
 
 
-def loc_is_field(model: type[BaseModel], loc: Loc) -> bool:
-    return bool(loc) and _section_model(model, loc[:-1]) is not None and str(loc[-1]) in (
-        _section_model(model, loc[:-1]).model_fields)
+def loc_is_field(model: type[BaseModel], loc: Loc, data: Any = None) -> bool:
+    section = _section_model(model, loc[:-1], data) if loc else None
+    return section is not None and str(loc[-1]) in section.model_fields
 
 
-def _section_model(model: type[BaseModel], loc: Loc) -> type[BaseModel] | None:
-    """The pydantic model that describes the section at `loc`, if it is one."""
-    current: Any = model
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The pydantic models an annotation can hold (through Optional, Union, Annotated)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _tag_matches(candidate: type[BaseModel], values: Any) -> bool:
+    """Does the user's section carry the Literal tag (arch:, name:) of this union member?"""
+    if not isinstance(values, dict):
+        return False
+    for name, info in candidate.model_fields.items():
+        if typing.get_origin(info.annotation) is Literal and name in values:
+            return values[name] in typing.get_args(info.annotation)
+    return False
+
+
+def _section_model(model: type[BaseModel], loc: Loc, data: Any = None) -> type[BaseModel] | None:
+    """The pydantic model that describes the section at `loc` (the union member the user's
+    data picks, when the section is a union)."""
+    current: type[BaseModel] | None = model
     for part in loc:
-        fields = getattr(current, "model_fields", None)
-        if not fields or part not in fields:
+        fields = current.model_fields if current else {}
+        if part not in fields:
             return None
-        annotation = fields[part].annotation
-        current = next((t for t in getattr(annotation, "__args__", (annotation,))
-                        if isinstance(t, type) and issubclass(t, BaseModel)), None)
-        if current is None:
-            return None
-    return current if isinstance(current, type) else None
+        data = data.get(part) if isinstance(data, dict) else None
+        candidates = _models_in(fields[part].annotation)
+        current = next((c for c in candidates if _tag_matches(c, data)),
+                       candidates[0] if len(candidates) == 1 else None)
+    return current
 
 
 def _report(error: ValidationError, model: type[BaseModel], data: dict, name: str,
@@ -189,7 +212,7 @@ def _report(error: ValidationError, model: type[BaseModel], data: dict, name: st
             line = next((lines[path[:n]] for n in range(len(path), 0, -1) if path[:n] in lines),
                         None)
             where = f"{name}:{line}" if line else name
-        problems.append(f"{where}: {_dotted(path)}: {_expected(item, model, path)}")
+        problems.append(f"{where}: {_dotted(path)}: {_expected(item, model, path, data)}")
     return problems
 
 

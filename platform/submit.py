@@ -47,6 +47,15 @@ def client(address: str | None):
                           f"{str(err).splitlines()[0]}") from None
 
 
+def about_job(job_id: str, call):
+    """call(job_id), with the Jobs API's errors for an unknown id turned into a SubmitError."""
+    try:
+        return call(job_id)
+    except RuntimeError as err:
+        raise SubmitError(f"job {job_id}: {str(err).splitlines()[0]} (trainyard jobs lists "
+                          "the cluster's jobs)") from None
+
+
 def _strip_requirements(wheel: Path) -> Path:
     """Rewrite the wheel without Requires-Dist lines (RECORD updated to match)."""
     temp = wheel.with_suffix(".tmp")

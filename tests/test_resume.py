@@ -48,6 +48,17 @@ def _single_run(client, experiment):
     return runs[0] if runs else None
 
 
+def _checkpointed_run(client, experiment, workdir):
+    """The experiment's run once it has at least one checkpoint folder, else None."""
+    run = _single_run(client, experiment)
+    if run is None:
+        return None
+    folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
+    done = folder.is_dir() and any(p.is_dir() and p.name.startswith("checkpoint_")
+                                   for p in folder.iterdir())
+    return run if done else None
+
+
 def _steps(client, run_id, key):
     return [m.step for m in sorted(client.get_metric_history(run_id, key),
                                    key=lambda m: (m.step, m.timestamp))]
@@ -59,14 +70,9 @@ def test_killed_supervised_run_resumes_in_the_same_mlflow_run(workdir, store_uri
     client = MlflowClient(store_uri)
 
     def progressed():
-        run = _single_run(client, "resume")
-        if run is None:
-            return None
-        folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
-        checkpointed = folder.is_dir() and any(p.is_dir() and p.name.startswith("checkpoint_")
-                                               for p in folder.iterdir())
-        logged = len(_steps(client, run.info.run_id, "val/accuracy"))
-        return run if checkpointed and logged >= 3 else None
+        run = _checkpointed_run(client, "resume", workdir)
+        logged = len(_steps(client, run.info.run_id, "val/accuracy")) if run else 0
+        return run if logged >= 3 else None
 
     run = _wait_for(progressed, proc)
     _kill_group(proc)
@@ -103,15 +109,7 @@ def test_rl_run_resumes_from_its_checkpoint(workdir, store_uri):
                              "tracking.experiment=rl-resume"], workdir)
     client = MlflowClient(store_uri)
 
-    def checkpointed():
-        run = _single_run(client, "rl-resume")
-        if run is None:
-            return None
-        folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
-        done = folder.is_dir() and any(p.name.startswith("checkpoint_") for p in folder.iterdir())
-        return run if done else None
-
-    run = _wait_for(checkpointed, proc)
+    run = _wait_for(lambda: _checkpointed_run(client, "rl-resume", workdir), proc)
     _kill_group(proc)
     run_id = run.info.run_id
     before = _steps(client, run_id, "train/iteration")

@@ -75,6 +75,12 @@ BAD = [
      + "data: {name: digits_rows}\n", [], ["bad.yaml:5", "heads (4) must divide d_model (30)"]),
     ("unknown-dataset", GOOD + "data: {name: imagenet}\n", [],
      ["bad.yaml:12", "data", "'digits'", "'imagenet'"]),
+    ("union-member-unknown-field", GOOD.replace("  arch: resnet\n  widths: [8]",
+                                                "  arch: lstm\n  hiden: 3")
+     + "data: {name: digits_rows}\n", [],
+     ["bad.yaml:7", "model.hiden", "did you mean 'hidden'", "bidirectional"]),
+    ("union-tag-missing", GOOD + "data: {val_fraction: 0.2}\n", [],
+     ["bad.yaml:12", "data.name", "required field is missing: one of 'digits'", "'text'"]),
     ("unknown-env", "name: x\nkind: rl\nagent:\n  algo: dqn\n  env: CartPol-v1\n", [],
      ["bad.yaml:5", "agent.env", "unknown environment", "CartPole-v1"]),
     ("rl-negative-steps", "name: x\nkind: rl\nagent: {env: CartPole-v1}\nstop:\n  env_steps: -1\n",
