@@ -93,7 +93,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _train(loaded, address, dashboard_port, start) -> int:
-    from trainyard import launcher, runs
+    from trainyard import launcher, tracking
 
     spec = loaded.spec
     with launcher.ray_session(address, spec.resources.cpus, dashboard_port):
@@ -104,8 +104,10 @@ def _train(loaded, address, dashboard_port, start) -> int:
         final = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items())
                           if k == headline or k.startswith(("test/", "eval/")))
         print(f"[{outcome.run_name}] {outcome.status} in {outcome.seconds:.0f}s  {final}")
-    uri = runs.tracking.resolve_uri(spec.tracking.uri)
-    print(f"\nLook at the runs:  trainyard ui   (MLflow UI on http://127.0.0.1:5000, store {uri})")
+    uri = tracking.resolve_uri(spec.tracking.uri)
+    command = "trainyard ui" + ("" if uri == tracking.resolve_uri(None)
+                                else f" --tracking-uri {uri}")
+    print(f"\nLook at the runs:  {command}   (MLflow UI on http://127.0.0.1:5000, store {uri})")
     return 0
 
 
