@@ -96,8 +96,8 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
 def _curve_keys(ref: RunRef) -> list[str]:
     """The metrics worth a plot: the train/val/eval curves a person looks at first."""
     try:
-        keys = tracking.last_steps(ref)
-    except Exception:
+        keys = tracking.latest_metrics(ref)
+    except Exception:  # a store that went away must not hide how the run ended
         return []
     wanted = ("train/loss", "val/loss", "val/accuracy", "train/accuracy", "eval/return_mean",
               "train/return_mean")
