@@ -74,3 +74,17 @@ def test_demo_job_reaches_97_percent_test_accuracy(workdir, store_uri):
     _, run = _only_run(store_uri, "digits")
     assert run.info.status == "FINISHED"
     assert run.data.metrics["test/accuracy"] >= 0.97
+
+
+def test_one_mlflow_run_per_seed_named_by_seed(workdir, store_uri):
+    assert main(["run", str(DIGITS), "-o", "stop.epochs=1", "-o", "seeds=[3, 4]",
+                 "-o", "output.log_model=false", "-o", "tracking.experiment=seeds"]) == 0
+    client = MlflowClient(store_uri)
+    runs = client.search_runs([client.get_experiment_by_name("seeds").experiment_id])
+    by_name = {run.info.run_name: run for run in runs}
+    assert set(by_name) == {"digits-cnn-seed3", "digits-cnn-seed4"}
+    assert {r.data.tags["trainyard.seed"] for r in runs} == {"3", "4"}
+    assert {r.data.params["seed"] for r in runs} == {"3", "4"}
+    # the seed fixes the split and the initialisation: the two runs differ
+    first, second = (by_name[n].data.metrics["val/loss"] for n in sorted(by_name))
+    assert first != second
