@@ -54,7 +54,6 @@ class ProgressPrinter:
         self.headline = headline
         self.stream = stream or sys.stdout
         self.start = time.monotonic()
-        self.first_seen: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -69,8 +68,6 @@ class ProgressPrinter:
 
     def _print(self, item: tuple[str, dict[str, float]]) -> None:
         label, metrics = item
-        if self.first_seen is None:
-            self.first_seen = time.monotonic() - self.start
         line = format_line(self.prefix, label, metrics, self.headline,
                            time.monotonic() - self.start)
         print(line, file=self.stream, flush=True)

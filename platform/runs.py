@@ -59,7 +59,6 @@ class RunOutcome:
     status: str
     metrics: dict[str, float]
     seconds: float
-    first_step_s: float | None
 
 
 def _storage_path(spec: JobBase) -> str:
@@ -89,8 +88,7 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
         raise
     finally:
         tracking.close_run(ctx.run, status, curves_of=_curve_keys(ctx.run))
-    return RunOutcome(ctx.run.run_id, label, status, metrics, time.monotonic() - start,
-                      printer.first_seen)
+    return RunOutcome(ctx.run.run_id, label, status, metrics, time.monotonic() - start)
 
 
 def _curve_keys(ref: RunRef) -> list[str]:
@@ -110,19 +108,20 @@ def run_job(loaded: LoadedSpec, seeds: list[int] | None = None) -> list[RunOutco
     uri = tracking.resolve_uri(spec.tracking.uri)
     experiment = spec.tracking.experiment or spec.name
     job_yaml = dump_spec(spec)
+    storage = _storage_path(spec)
     outcomes = []
     for seed in seeds if seeds is not None else spec.seeds:
         name = _run_name(spec, seed)
         tags = {f"{TAG}kind": spec.kind, f"{TAG}job": spec.name, f"{TAG}seed": str(seed),
                 f"{TAG}source": str(Path(loaded.source).resolve()),
                 f"{TAG}overrides": " ".join(loaded.overrides),
-                f"{TAG}storage_path": _storage_path(spec)}
+                f"{TAG}storage_path": storage}
         params = {**flatten(spec.model_dump(mode="json")), "seed": seed}
         ref = tracking.open_run(uri, experiment, name, tags, params, job_yaml, spec.description)
         tracking.set_tags(ref, {f"{TAG}storage_name": ref.run_id})
         print(f"[{name}] MLflow run {ref.run_id} in experiment '{experiment}' ({uri})",
               flush=True)
-        ctx = RunContext(ref, seed, _storage_path(spec), ref.run_id)
+        ctx = RunContext(ref, seed, storage, ref.run_id)
         outcomes.append(_execute(spec, ctx, name))
     return outcomes
 
