@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -18,16 +17,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import DIGITS, env_without_tracking
+from conftest import DIGITS, env_without_tracking, free_port
 from trainyard.cli import main
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _our_processes(marker: str) -> list[int]:
@@ -46,7 +39,7 @@ def _our_processes(marker: str) -> list[int]:
 def head():
     """A Ray head node on 127.0.0.1; yields its Jobs API address."""
     temp = tempfile.mkdtemp(prefix="tyr", dir="/tmp")  # short: Ray's socket paths are limited
-    port, dashboard = _free_port(), _free_port()
+    port, dashboard = free_port(), free_port()
     # Ray 2.60 heads require a token by default. Ray reads the auth mode once per process and
     # this suite's local runs disable it, so this head does without (a real cluster's token
     # reaches `trainyard submit` through ~/.ray/auth_token or $RAY_AUTH_TOKEN, Ray's own way).
@@ -58,10 +51,10 @@ def head():
                     f"--temp-dir={temp}", "--include-dashboard=true",
                     # free ports for every agent: the defaults (52365, ...) clash with any
                     # other Ray on this machine, a local `trainyard run` included
-                    f"--dashboard-agent-listen-port={_free_port()}",
-                    f"--dashboard-agent-grpc-port={_free_port()}",
-                    f"--runtime-env-agent-port={_free_port()}",
-                    f"--metrics-export-port={_free_port()}",
+                    f"--dashboard-agent-listen-port={free_port()}",
+                    f"--dashboard-agent-grpc-port={free_port()}",
+                    f"--runtime-env-agent-port={free_port()}",
+                    f"--metrics-export-port={free_port()}",
                     "--disable-usage-stats"], check=True, env=env, capture_output=True)
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # this process: the head has no token
     address = f"http://127.0.0.1:{dashboard}"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import urllib.request
 
 from mlflow.tracking import MlflowClient
 
+from conftest import free_port
 from trainyard import tracking
 
 
@@ -58,14 +58,8 @@ def _listening_addresses(port: int) -> set[str]:
     return found
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_ui_serves_the_store_on_loopback_only(store_uri):
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "ui", "--port", str(port),
                              "--tracking-uri", store_uri], start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
