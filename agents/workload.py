@@ -12,5 +12,10 @@ def _train(spec, ctx):
     return train(spec, ctx)
 
 
+def _run_tags(spec: RLJob) -> dict[str, str]:
+    return {"algo": spec.agent.algo, "env": spec.agent.env}
+
+
 WORKLOAD = Workload(kind="rl", spec_model=RLJob, train=_train,
-                    headline_metric="train/return_mean", names={"agent.algo": ALGOS})
+                    headline_metric="train/return_mean", names={"agent.algo": ALGOS},
+                    run_tags=_run_tags, step_axis="env steps sampled")

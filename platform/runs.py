@@ -6,9 +6,11 @@ MLflow run, hands the workload a `RunContext`, prints progress, and records how 
 
 from __future__ import annotations
 
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +104,32 @@ def _curve_keys(ref: RunRef) -> list[str]:
     return [key for key in wanted if key in keys]
 
 
+def _spec_tags(spec: JobBase) -> dict[str, str]:
+    """Tags to filter runs by in MLflow: what trained on what (the workload says) and the
+    trainyard version."""
+    try:
+        installed = version("trainyard")
+    except PackageNotFoundError:
+        installed = "unknown"
+    found = get_workload(spec.kind).run_tags
+    own = found(spec) if found is not None else {}
+    return {f"{TAG}version": installed, **{f"{TAG}{key}": str(v) for key, v in own.items()}}
+
+
+def _command_line() -> str:
+    """The command that started this run, as a person would type it."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if program in ("trainyard", "cli.py", "__main__.py"):
+        return shlex.join(["trainyard", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
+def _description(text: str) -> str:
+    """The run's MLflow description: the spec's own text, then the command line."""
+    command = f"Command: `{_command_line()}`"
+    return f"{text.rstrip()}\n\n{command}" if text.strip() else command
+
+
 def run_job(loaded: LoadedSpec, seeds: list[int] | None = None) -> list[RunOutcome]:
     """Run the job once per seed (in order), each seed its own MLflow run."""
     spec = loaded.spec
@@ -115,9 +143,10 @@ def run_job(loaded: LoadedSpec, seeds: list[int] | None = None) -> list[RunOutco
         tags = {f"{TAG}kind": spec.kind, f"{TAG}job": spec.name, f"{TAG}seed": str(seed),
                 f"{TAG}source": str(Path(loaded.source).resolve()),
                 f"{TAG}overrides": " ".join(loaded.overrides),
-                f"{TAG}storage_path": storage}
+                f"{TAG}storage_path": storage, **_spec_tags(spec)}
         params = {**flatten(spec.model_dump(mode="json")), "seed": seed}
-        ref = tracking.open_run(uri, experiment, name, tags, params, job_yaml, spec.description)
+        ref = tracking.open_run(uri, experiment, name, tags, params, job_yaml,
+                                _description(spec.description))
         tracking.set_tags(ref, {f"{TAG}storage_name": ref.run_id})
         print(f"[{name}] MLflow run {ref.run_id} in experiment '{experiment}' ({uri})",
               flush=True)

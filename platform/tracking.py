@@ -83,15 +83,32 @@ def _versions() -> dict[str, str]:
     return found
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("model name", "Model", "Hardware")) and ":" in line:
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    import platform  # the standard library's (platform/ has no __init__.py)
+
+    return platform.processor() or platform.machine() or "cpu"
+
+
 def _hardware() -> str:
+    """CPU count and model, then GPU count and model where torch sees any, e.g.
+    "96 CPUs (AMD EPYC 7R13 Processor); 8x NVIDIA A100-SXM4-80GB"."""
+    described = f"{os.cpu_count()} CPUs ({_cpu_model()})"
     try:
         import torch
 
         if torch.cuda.is_available():
-            return f"{torch.cuda.device_count()}x {torch.cuda.get_device_name(0)}"
+            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+            gpus = ", ".join(f"{names.count(n)}x {n}" for n in dict.fromkeys(names))
+            described += f"; {gpus}"
     except ImportError:
         pass
-    return f"cpu x{os.cpu_count()}"
+    return described
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,11 @@ class Workload:
     headline_metric: str
     #: names the spec's kind-specific fields accept (for the error messages and docs)
     names: dict[str, Any] = field(default_factory=dict)
+    #: what the runs of a job are filtered by in MLflow, as tags: fn(spec) -> {name: value},
+    #: e.g. {"model": "resnet", "dataset": "digits"}; the core prefixes the names "trainyard."
+    run_tags: Callable[["JobBase"], dict[str, str]] | None = None
+    #: what the step of this kind's metrics counts (the x axis of its curves)
+    step_axis: str = "step"
 
 
 @cache

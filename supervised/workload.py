@@ -12,6 +12,11 @@ def _train(spec, ctx):
     return train(spec, ctx)
 
 
+def _run_tags(spec: SupervisedJob) -> dict[str, str]:
+    return {"model": spec.model.arch, "dataset": spec.data.name}
+
+
 WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
                     headline_metric="val/accuracy",
-                    names={"model.arch": ARCHS, "data.name": DATASETS})
+                    names={"model.arch": ARCHS, "data.name": DATASETS},
+                    run_tags=_run_tags, step_axis="optimizer steps")
