@@ -6,6 +6,7 @@
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
     trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
     trainyard ui [--port 5000]
+    trainyard compare RUN_ID RUN_ID ... | --experiment NAME [--metric KEY] [--out compare.png]
 
 Exit codes: 0 success, 1 training failed, 2 bad input (spec, overrides, run id), 3 the cluster
 cannot provide the job's resources, 130 interrupted.
@@ -76,6 +77,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1",
                    help="interface to bind; 0.0.0.0 exposes the UI to the network")
     p.add_argument("--port", type=int, default=5000)
+
+    p = sub.add_parser("compare", help="runs side by side: differing params, headline metrics, "
+                       "and a PNG of one metric's curves")
+    p.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="MLflow run ids to compare")
+    p.add_argument("--experiment", default=None, help="compare every run of this experiment")
+    p.add_argument("--metric", default=None, help="metric to summarise and plot (default: the "
+                   "workloads' headline metrics, e.g. val/accuracy, train/return_mean)")
+    p.add_argument("--mode", choices=["max", "min"], default=None, help="which value is best "
+                   "(default: min for losses, errors and durations, max for the rest)")
+    p.add_argument("--out", default="compare.png", help="where the plot goes (PNG)")
+    p.add_argument("--tracking-uri", default=None, help="store holding the runs (default: "
+                   "$MLFLOW_TRACKING_URI, else ./trainyard-runs/mlflow.db)")
     return parser
 
 
@@ -205,8 +218,20 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from trainyard import compare, tracking
+
+    uri = tracking.resolve_uri(args.tracking_uri)
+    text, png = compare.compare(uri, args.run_ids, args.experiment, args.metric, args.mode,
+                                args.out)
+    print(text, end="")
+    print(f"plot: {png}" if png else "plot: none (no run has points of that metric)")
+    return 0
+
+
 COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "ui": _cmd_ui,
             "submit": _cmd_submit, "jobs": _cmd_jobs, "logs": _cmd_logs, "stop": _cmd_stop}
+COMMANDS["compare"] = _cmd_compare
 
 
 def main(argv: Sequence[str] | None = None) -> int:

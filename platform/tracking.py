@@ -247,6 +247,49 @@ def metric_history(ref: RunRef, key: str) -> list[tuple[int, float]]:
     return sorted((m.step, m.value) for m in history)
 
 
+def _run_dict(run: Any) -> dict[str, Any]:
+    info = run.info
+    return {"run_id": info.run_id, "name": info.run_name, "status": info.status,
+            "experiment_id": info.experiment_id, "start_ms": info.start_time,
+            "end_ms": info.end_time, "params": dict(run.data.params),
+            "metrics": dict(run.data.metrics), "tags": dict(run.data.tags)}
+
+
+def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
+    """A run as a plain dict (run_id, name, status, start_ms, end_ms, params, metrics = last
+    values, tags), or None when the store has no such run."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _run_dict(MlflowClient(uri).get_run(run_id))
+    except MlflowException as err:
+        if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        raise
+
+
+def search_runs(uri: str, experiment: str) -> list[dict[str, Any]] | None:
+    """The active runs of an experiment (as `find_run` gives them), oldest first; None when
+    the store has no experiment of that name."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return None
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"],
+                                  max_results=1000, page_token=token)
+        runs += [_run_dict(run) for run in page]
+        token = page.token
+        if not token:
+            return runs
+
+
+def experiment_names(uri: str) -> list[str]:
+    """Names of the store's active experiments (for error messages)."""
+    return sorted(e.name for e in MlflowClient(uri).search_experiments())
+
+
 class SystemMetrics:
     """MLflow system metrics (CPU, memory, disk, network; GPU where one is) for a run's span.
 
