@@ -30,6 +30,24 @@ METRICS = {
 STEPS_KEY = ("env_runners", "num_env_steps_sampled_lifetime")
 
 
+# RLlib 2.60 warns about its own defaults on every build; a user can do nothing about these.
+_NOISE = ("You are running DQN on the new API stack", "RLModule(config=[RLModuleConfig object])",
+          "Install gputil for GPU system monitoring")
+
+
+def _quiet_rllib() -> None:
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not any(text in record.getMessage() for text in _NOISE)
+
+    for name in ("ray.rllib.algorithms.algorithm_config", "ray._common.deprecation",
+                 "ray.rllib.utils.deprecation", "ray.tune.utils.util"):
+        logger = logging.getLogger(name)
+        if keep not in logger.filters:
+            logger.addFilter(keep)
+
+
 def _dig(result: dict, path: tuple[str, ...]) -> Any:
     for key in path:
         if not isinstance(result, dict) or key not in result:
@@ -66,28 +84,44 @@ def build_config(spec: "RLJob", seed: int):
     )
 
 
-def _save(algo, root: Path, progress: dict, keep: int) -> None:
+def _save(algo, root: Path, progress: dict, keep: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".partial_", dir=root))
     algo.save_to_path(str(partial))
-    checkpoints.commit_folder(partial, root / f"checkpoint_{progress['iteration']:06d}", progress)
+    folder = checkpoints.commit_folder(partial, root / f"checkpoint_{progress['iteration']:06d}",
+                                       progress)
     checkpoints.prune(root, keep)
+    return folder
+
+
+def _restore(algo, ctx: "RunContext", root: Path) -> dict | None:
+    """Load the checkpoint this run starts from, if any; return its progress counters."""
+    if ctx.restore_from:  # a sweep trial: Tune hands over the checkpoint (its own, or PBT's)
+        found = (Path(ctx.restore_from), checkpoints.read_marker(ctx.restore_from))
+    elif ctx.resume:
+        found = checkpoints.latest_valid(root)
+    else:
+        return None
+    if found is None:
+        return None
+    folder, progress = found
+    algo.restore_from_path(str(folder))
+    return progress
 
 
 def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     """Train until a stop condition; return the last metrics."""
     root = Path(ctx.storage_path) / ctx.storage_name
+    _quiet_rllib()
     algo = build_config(spec, ctx.seed).build_algo()
-    progress = {"iteration": 0, "env_steps": 0, "seconds": 0.0}
-    if ctx.resume and (found := checkpoints.latest_valid(root)):
-        folder, progress = found
-        algo.restore_from_path(str(folder))
+    progress = _restore(algo, ctx, root) or {"iteration": 0, "env_steps": 0, "seconds": 0.0}
     logger = ctx.logger()
     logger.log({"perf/startup_s": ctx.startup_seconds()}, step=progress["env_steps"])
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
     metrics: dict[str, float] = {}
     try:
         while True:
+            iter_start = time.monotonic()
             result = algo.train()
             progress["iteration"] += 1
             steps = int(_dig(result, STEPS_KEY) or 0)
@@ -97,13 +131,16 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             metrics = {name: float(v) for path, name in METRICS.items()
                        if isinstance(v := _dig(result, path), (int, float))}
             metrics["perf/env_steps_per_s"] = (steps - last_steps) / max(now - last_time, 1e-9)
+            metrics["perf/iteration_s"] = now - iter_start
             metrics["train/iteration"] = progress["iteration"]
             last_time, last_steps = now, steps
             logger.log(metrics, step=steps)
             ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)
             done = _should_stop(spec, progress, metrics, now - started)
+            saved = None
             if done or progress["iteration"] % spec.checkpoint.every_iterations == 0:
-                _save(algo, root, progress, spec.checkpoint.keep)
+                saved = _save(algo, root, progress, spec.checkpoint.keep)
+            ctx.report({**metrics, "env_steps": steps}, str(saved) if saved else None)
             if done:
                 return metrics
     finally:

@@ -87,3 +87,10 @@ class RLJob(JobBase):
         if gpus:
             demand["GPU"] = gpus
         return demand
+
+    def driver_demand(self) -> dict[str, float]:
+        res = self.resources
+        demand = {"CPU": 1}  # the algorithm object: it samples and learns when nothing is remote
+        if res.learners == 0 and res.gpus_per_learner:
+            demand["GPU"] = res.gpus_per_learner
+        return demand

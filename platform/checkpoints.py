@@ -68,6 +68,16 @@ def commit_folder(partial: str | Path, final: str | Path, info: dict[str, Any]) 
     return final
 
 
+def read_marker(folder: str | Path) -> dict[str, Any]:
+    """The progress counters a committed checkpoint folder was written with."""
+    import json
+
+    try:
+        return json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"checkpoint {folder} has no readable {MARKER}: {err}") from err
+
+
 def list_folders(root: str | Path, prefix: str = "checkpoint_") -> list[Path]:
     """Committed checkpoint folders under root, oldest first (names sort by iteration)."""
     root = Path(root)

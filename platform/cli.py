@@ -2,6 +2,7 @@
 
     trainyard validate JOB.yaml [-o key.path=value ...]
     trainyard run JOB.yaml [-o ...] [--seed N] [--address HOST:PORT]
+    trainyard sweep JOB.yaml [-o ...] [--address ...]
     trainyard resume RUN_ID [--address ...]
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
     trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
@@ -47,7 +48,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dashboard-port", type=int, default=None,
                    help="port of the embedded Ray's dashboard (on 127.0.0.1; default 8265)")
 
-    p = sub.add_parser("resume", help="continue a stopped or killed run from its checkpoint")
+    p = sub.add_parser("sweep", help="tune the job's `sweep:` space with Ray Tune; one MLflow "
+                       "parent run, one child run per trial")
+    job_args(p)
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to join (default $RAY_ADDRESS; none: start one here)")
+    p.add_argument("--dashboard-port", type=int, default=None)
+
+    p = sub.add_parser("resume", help="continue a stopped or killed run (or sweep) from its "
+                       "checkpoint")
     p.add_argument("run_id", help="MLflow run id (printed when the run started)")
     p.add_argument("--tracking-uri", default=None, help="store holding the run (default: "
                    "$MLFLOW_TRACKING_URI, else ./trainyard-runs/mlflow.db)")
@@ -134,6 +143,21 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _train(loaded, args.address, args.dashboard_port, lambda: runs.run_job(loaded, seeds))
 
 
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from trainyard import launcher, sweep
+
+    loaded = load_spec(args.job, args.override)
+    spec = loaded.spec
+    if spec.sweep is None:
+        raise SpecError(args.job, [
+            f"{args.job}: no sweep: section; add one, e.g.\n    sweep:\n      metric: "
+            f"{get_workload(spec.kind).headline_metric}\n      num_samples: 8\n      "
+            "scheduler: asha\n      space: {train.lr: loguniform(1e-4, 1e-2)}"])
+    with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port):
+        launcher.require_resources(spec.resource_demand())
+        return sweep.run_sweep(loaded)
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from trainyard import runs
 
@@ -146,6 +170,16 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                      "run id (trainyard ui lists runs) and --tracking-uri.", BAD_INPUT)
     if info["status"] == "FINISHED":
         return _fail(f"run {args.run_id} already finished; start a new one with trainyard run",
+                     BAD_INPUT)
+    if info["tags"].get("trainyard.sweep") == "parent":
+        from trainyard import launcher, sweep
+
+        spec = loaded.spec
+        with launcher.ray_session(args.address, spec.resources.cpus, None):
+            return sweep.resume_sweep(loaded, ref, info)
+    if info["tags"].get("trainyard.sweep_id"):
+        return _fail(f"run {args.run_id} is a trial of sweep {info['tags']['trainyard.sweep_id']}"
+                     f"; resume the sweep: trainyard resume {info['tags']['trainyard.sweep_id']}",
                      BAD_INPUT)
     return _train(loaded, args.address, None, lambda: [runs.resume_job(loaded, ref, info)])
 
@@ -232,6 +266,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "ui": _cmd_ui,
             "submit": _cmd_submit, "jobs": _cmd_jobs, "logs": _cmd_logs, "stop": _cmd_stop}
 COMMANDS["compare"] = _cmd_compare
+COMMANDS["sweep"] = _cmd_sweep
 
 
 def main(argv: Sequence[str] | None = None) -> int:

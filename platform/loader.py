@@ -7,6 +7,7 @@ override values are parsed as YAML scalars or flow collections.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import re
 import typing
@@ -240,7 +241,50 @@ def validate_data(data: Any, source: str, overrides: list[str] | None = None,
         spec = model.model_validate(data)
     except ValidationError as err:
         raise SpecError(source, _report(err, model, data, name, lines, origin)) from None
+    if spec.sweep is not None and (problems := _check_sweep_space(spec, model, name, lines)):
+        raise SpecError(source, problems)
     return LoadedSpec(spec=spec, source=source, overrides=list(overrides or []))
+
+
+def _check_sweep_space(spec: JobBase, model: type[BaseModel], name: str,
+                       lines: dict[Loc, int]) -> list[str]:
+    """Each swept path must name a field of this job, and every value the sweep can try
+    (a choice, a grid point, a range's ends) must be valid there."""
+    from trainyard.spec import flatten
+    from trainyard.sweep_space import parse_space_expr, values_to_check
+
+    resolved = spec.model_dump(mode="json")
+    fields = sorted(k for k in flatten(resolved) if not k.startswith(("sweep.", "seeds")))
+    problems = []
+    for path, expr in spec.sweep.space.items():
+        line = lines.get(("sweep", "space", path)) or lines.get(("sweep", "space"))
+        where = f"{name}:{line}" if line else name
+        if path in ("seeds", "seed") or path.startswith("sweep"):
+            problems.append(f"{where}: sweep.space.{path}: cannot be swept; list the seeds in "
+                            "`seeds: [0, 1, 2]` (each configuration runs once per seed)")
+            continue
+        if path not in fields:
+            hint = difflib.get_close_matches(path, fields, n=1)
+            guess = f" (did you mean '{hint[0]}'?)" if hint else ""
+            problems.append(f"{where}: sweep.space.{path}: no such field in this job{guess}; "
+                            "give the dotted path of a field, e.g. train.lr or agent.gamma")
+            continue
+        for value in values_to_check(parse_space_expr(expr)):
+            trial = copy.deepcopy(resolved)
+            node = trial
+            *parents, last = path.split(".")
+            for key in parents:
+                node = node[key]
+            node[last] = value
+            try:
+                model.model_validate(trial)
+            except ValidationError as err:
+                first = err.errors()[0]
+                message = first["msg"].removeprefix("Value error, ")
+                problems.append(f"{where}: sweep.space.{path}: the sweep can try {value!r}, "
+                                f"which is not valid there: {message}")
+                break
+    return problems
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:

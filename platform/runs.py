@@ -41,6 +41,12 @@ class RunContext:
     progress: ProgressChannel | None = None
     #: wall-clock time the command started (for perf/startup_s: command to first step)
     launched_at: float = field(default_factory=lambda: LAUNCHED_AT or time.time())
+    #: inside a sweep trial: the metric Tune optimises (results then go to Tune too)
+    tune_metric: str | None = None
+    #: a checkpoint folder to start from (a sweep trial restored by Tune, or PBT's exploit)
+    restore_from: str | None = None
+    #: results handed to Tune that carried `tune_metric`
+    tune_reports: int = 0
 
     def logger(self) -> tracking.RunLogger:
         return tracking.RunLogger(self.run, self.skip_through)
@@ -52,6 +58,18 @@ class RunContext:
     def emit(self, label: str, metrics: dict[str, float]) -> None:
         if self.progress is not None:
             self.progress.emit(label, metrics)
+
+    def report(self, metrics: dict[str, float], checkpoint_folder: str | None = None) -> None:
+        """One iteration's (epoch's) metrics, and the checkpoint saved with it, for a sweep.
+
+        Outside a sweep this does nothing. In a sweep it hands them to Tune, whose scheduler
+        may stop the trial here (ASHA) or restart it from another trial's checkpoint (PBT).
+        Called by the process that drives the job, never by a Train worker.
+        """
+        if self.tune_metric is not None:
+            from trainyard.sweep import report_to_tune
+
+            report_to_tune(self, metrics, checkpoint_folder)
 
 
 @dataclass
@@ -89,11 +107,11 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
               file=sys.stderr, flush=True)
         raise
     finally:
-        tracking.close_run(ctx.run, status, curves_of=_curve_keys(ctx.run))
+        tracking.close_run(ctx.run, status, curves_of=curve_keys(ctx.run))
     return RunOutcome(ctx.run.run_id, label, status, metrics, time.monotonic() - start)
 
 
-def _curve_keys(ref: RunRef) -> list[str]:
+def curve_keys(ref: RunRef) -> list[str]:
     """The metrics worth a plot: the train/val/eval curves a person looks at first."""
     try:
         keys = tracking.latest_metrics(ref)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from trainyard.sweep_space import parse_space_expr
 
@@ -99,6 +99,14 @@ class Sweep(Section):
     scheduler: Literal["fifo", "asha", "pbt"] = Field("fifo", description="trial scheduler")
     max_concurrent: int | None = Field(None, ge=1, description="trials running at once")
     minutes: float | None = Field(None, gt=0, description="time budget for the whole sweep")
+    seed: int = Field(0, ge=0, description="seed of the search itself (which points it draws)")
+    grace_period: int = Field(
+        2, ge=1, description="ASHA: reports (epochs, training iterations) a trial runs "
+        "before it may be stopped")
+    reduction_factor: int = Field(2, ge=2, description="ASHA: keep the best 1/N at each rung")
+    perturbation_interval: int = Field(
+        4, ge=1, description="PBT: reports between exploit/explore steps (trials checkpoint "
+        "this often)")
     space: dict[str, str] = Field(
         default_factory=dict,
         description="dotted spec path -> uniform(a, b) | loguniform(a, b) | randint(a, b) | "
@@ -113,6 +121,23 @@ class Sweep(Section):
             except ValueError as err:
                 raise ValueError(f"space[{path!r}]: {err}") from None
         return space
+
+    @model_validator(mode="after")
+    def _check_combination(self) -> "Sweep":
+        if self.scheduler == "pbt" and self.search == "optuna":
+            raise ValueError("sweep.scheduler pbt explores the space itself: use it with "
+                             "search: random (the initial population is drawn at random)")
+        if self.search == "grid":
+            ranges = [p for p, e in self.space.items()
+                      if parse_space_expr(e).function not in ("grid", "choice")]
+            if ranges:
+                raise ValueError(f"sweep.search grid tries every listed value, but "
+                                 f"{', '.join(ranges)} is a range: write grid(a, b, ...) or "
+                                 "use search: random")
+        if not self.space:
+            raise ValueError("sweep.space is empty: name at least one field to tune, e.g. "
+                             "space: {train.lr: loguniform(1e-4, 1e-2)}")
+        return self
 
 
 class JobBase(Section):
@@ -138,6 +163,11 @@ class JobBase(Section):
     def resource_demand(self) -> dict[str, float]:
         """Total Ray resources the job needs at once, e.g. {'CPU': 2, 'GPU': 1}."""
         raise NotImplementedError
+
+    def driver_demand(self) -> dict[str, float]:
+        """The share of `resource_demand` used by the process that drives the job (a sweep
+        trial's own actor); the rest is asked for by the actors it starts."""
+        return {"CPU": 1}
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The sweep search-space grammar, parsed (never evaluated).
 
-    uniform(low, high)      loguniform(low, high)      randint(low, high)
-    choice(a, b, ...)       grid(a, b, ...)
+    uniform(low, high)      loguniform(low, high)      randint(low, high)  (both ends included)
+    choice(a, b, ...)       grid(a, b, ...)   (grid: every value is tried; choice: one is drawn)
 
 Arguments are numbers, true/false/null, or strings (bare words or quoted).
 """
@@ -89,3 +89,23 @@ def parse_space_expr(expr: str) -> SpaceExpr:
         if function == "randint" and not all(isinstance(a, int) for a in args):
             raise ValueError(f"randint() takes whole numbers, got {expr!r}")
     return SpaceExpr(function, args)
+
+
+def values_to_check(expr: SpaceExpr) -> list[Any]:
+    """The values a dimension can produce that are worth validating: every listed value, or
+    a range's two ends."""
+    return list(expr.args)
+
+
+def to_tune(expr: SpaceExpr):
+    """The Ray Tune search-space object for one dimension."""
+    from ray import tune
+
+    low_high = {"uniform": tune.uniform, "loguniform": tune.loguniform}
+    if expr.function in low_high:
+        return low_high[expr.function](*expr.args)
+    if expr.function == "randint":  # inclusive of high, as written in the spec
+        return tune.randint(expr.args[0], expr.args[1] + 1)
+    if expr.function == "grid":
+        return tune.grid_search(list(expr.args))
+    return tune.choice(list(expr.args))

@@ -216,6 +216,27 @@ def close_run(ref: RunRef, status: str, curves_of: list[str] | None = None) -> N
     MlflowClient(ref.uri).set_terminated(ref.run_id, status=status)
 
 
+def set_status(ref: RunRef, status: str) -> None:
+    """Set a run's final status (FINISHED | FAILED | KILLED) without touching its artifacts."""
+    MlflowClient(ref.uri).set_terminated(ref.run_id, status=status)
+
+
+def get_tags(ref: RunRef) -> dict[str, str]:
+    return dict(MlflowClient(ref.uri).get_run(ref.run_id).data.tags)
+
+
+def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list[RunRef]:
+    """Runs of an experiment carrying all these tags, newest first."""
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    runs = client.search_runs([found.experiment_id], filter_string=query,
+                              order_by=["attributes.start_time DESC"])
+    return [RunRef(uri, run.info.run_id) for run in runs]
+
+
 def run_info(ref: RunRef) -> dict[str, Any]:
     """What resume needs: the run's tags, status, and its resolved job.yaml text."""
     client = MlflowClient(ref.uri)

@@ -266,3 +266,6 @@ class SupervisedJob(JobBase):
         if res.gpus_per_worker:
             demand["GPU"] = res.workers * res.gpus_per_worker
         return demand
+
+    def driver_demand(self) -> dict[str, float]:
+        return {"CPU": 0}  # the Train workers hold the CPUs and GPUs; the driver only waits

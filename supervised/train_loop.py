@@ -177,13 +177,19 @@ def train_loop(config: dict[str, Any]) -> None:
     state = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": 0, "stale": 0}
     best_model = None
 
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:  # resumed: by `trainyard resume` or after a worker failure
+    # Train's own latest checkpoint (`trainyard resume`, a worker failure), else the one a sweep
+    # trial starts from (Tune restoring the trial, or PBT handing over a better trial's).
+    checkpoint = ray.train.get_checkpoint() or (
+        ray.train.Checkpoint(ctx.restore_from) if ctx.restore_from else None)
+    if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             saved = load_state(folder)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
+        # The spec's learning rate wins over the saved one: a PBT trial restarts from another
+        # trial's checkpoint with a new lr (and resuming a run changes nothing).
+        scheduler.base_lrs = [spec.train.lr] * len(scheduler.base_lrs)
         rng.set_state(saved["augment_rng"])
         state.update(saved["progress"])
         best_model = saved["best_model"]

@@ -13,9 +13,15 @@ if TYPE_CHECKING:
     from trainyard.supervised.spec import SupervisedJob
 
 
-def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None):
+def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbacks=()):
     """The TorchTrainer for a run; its name and storage are the run's, so a rerun resumes."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import (
+        CheckpointConfig,
+        FailureConfig,
+        LoggingConfig,
+        RunConfig,
+        ScalingConfig,
+    )
     from ray.train.torch import TorchTrainer
 
     from trainyard.supervised.train_loop import train_loop
@@ -35,8 +41,47 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None):
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
             failure_config=FailureConfig(max_failures=0),
             # Ray Train logs every report at INFO; our progress line says it once.
-            logging_config=LoggingConfig(log_level="WARNING")),
+            logging_config=LoggingConfig(log_level="WARNING"), callbacks=list(callbacks)),
     )
+
+
+def _fit_reporting(trainer, queue, ctx: RunContext):
+    """Fit in a thread while this one hands each report to the sweep (`ctx.report`).
+
+    Tune's scheduler acts in `ctx.report` (ASHA ends the trial there), so reports must be
+    made from the trial's own thread; the Train controller forwards them over `queue`.
+    """
+    import threading
+
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            outcome["result"] = trainer.fit()
+        except BaseException as err:  # re-raised in the trial's thread below
+            outcome["error"] = err
+        finally:
+            queue.put(None)
+
+    threading.Thread(target=fit, name="trainyard-fit", daemon=True).start()
+    while (item := queue.get()) is not None:
+        metrics, checkpoint_path = item
+        ctx.report(metrics, checkpoint_path)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
+
+
+def _report_forwarder(queue):
+    """A Ray Train callback (it runs in the Train controller) that forwards rank 0's reports
+    and the path of any checkpoint saved with them."""
+    from ray.train import UserCallback
+
+    class ForwardReports(UserCallback):
+        def after_report(self, run_context, metrics, checkpoint) -> None:
+            queue.put((metrics[0], checkpoint.path if checkpoint else None))
+
+    return ForwardReports()
 
 
 def _init_weights(spec: SupervisedJob, ctx: RunContext):
@@ -65,7 +110,15 @@ def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     tracking.set_tags(ctx.run, sizes)
     if data.info.task == "lm" and not ctx.resume:
         ctx.logger().log({"baseline/unigram_bits_per_char": unigram_bits_per_char(data)}, 0)
-    result = build_trainer(spec, ctx, data, _init_weights(spec, ctx)).fit()
+    init = _init_weights(spec, ctx)
+    if ctx.tune_metric is None:
+        result = build_trainer(spec, ctx, data, init).fit()
+    else:  # a sweep trial: every epoch's report also goes to Tune
+        from ray.util.queue import Queue
+
+        queue = Queue(actor_options={"num_cpus": 0})
+        trainer = build_trainer(spec, ctx, data, init, [_report_forwarder(queue)])
+        result = _fit_reporting(trainer, queue, ctx)
     if result.checkpoint is not None:
         tracking.set_tags(ctx.run, {f"{tracking.TAG}latest_checkpoint": result.checkpoint.path})
     return tracking.latest_metrics(ctx.run)
