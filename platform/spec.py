@@ -112,6 +112,15 @@ class Sweep(Section):
         description="dotted spec path -> uniform(a, b) | loguniform(a, b) | randint(a, b) | "
         "choice(x, y, ...) | grid(x, y, ...)")
 
+    @field_validator("space", mode="before")
+    @classmethod
+    def _flow_style_hint(cls, space: Any) -> Any:
+        if isinstance(space, dict) and any(v is None or ")" in str(k) for k, v in space.items()):
+            raise ValueError("sweep.space: an expression was cut at a comma; inside { } quote "
+                             "each one ({train.lr: 'choice(1e-3, 1e-4)'}) or write one path per "
+                             "line")
+        return space
+
     @field_validator("space")
     @classmethod
     def _check_space(cls, space: dict[str, str]) -> dict[str, str]:

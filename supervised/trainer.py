@@ -7,6 +7,7 @@ import tempfile
 from typing import TYPE_CHECKING
 
 from trainyard import tracking
+from trainyard.spec import UserInputError
 
 if TYPE_CHECKING:
     from trainyard.runs import RunContext
@@ -104,6 +105,10 @@ def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     from trainyard.supervised.data import load_dataset, unigram_bits_per_char
 
     data = load_dataset(spec.data, ctx.seed)
+    if spec.train.batch_size > len(data.train):
+        raise UserInputError(f"train.batch_size {spec.train.batch_size} is larger than the "
+                             f"training split ({len(data.train)} examples of {spec.data.name}):"
+                             " not one batch per epoch; use a smaller batch size")
     sizes = {f"data.{name}_size": len(getattr(data, name)) for name in ("train", "val", "test")}
     if data.info.task == "lm":
         sizes["data.vocab_size"] = len(data.info.vocab)
