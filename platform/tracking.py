@@ -33,6 +33,31 @@ TAG = "trainyard."  # prefix of our own tags
 _BATCH = 100  # MLflow accepts at most 100 params (1000 metrics) per log_batch call
 
 
+_READY: set[str] = set()  # sqlite stores this process has opened (their schema exists)
+
+
+def _client(uri: str) -> MlflowClient:
+    """An MlflowClient for `uri`.
+
+    The first time a process opens a local sqlite store it does so under a lock file beside
+    the database: MLflow creates a fresh store's tables with a schema migration, and processes
+    that start on a fresh store at once (two runs, sweep trials) otherwise fail in it.
+    """
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        import fcntl
+
+        database = Path(uri.removeprefix("sqlite:///"))
+        database.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{database}.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                MlflowClient(uri).search_experiments(max_results=1)  # creates the tables
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        _READY.add(uri)
+    return MlflowClient(uri)
+
+
 def default_uri() -> str:
     """sqlite store in ./trainyard-runs/ (its artifacts beside it)."""
     return f"sqlite:///{Path(DEFAULT_DIR, 'mlflow.db').resolve()}"
@@ -119,15 +144,26 @@ class RunRef:
     run_id: str
 
 
+def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
+    """The id of the named experiment, created if need be (another process may create it
+    between our look and our create: then it is theirs we use)."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=_artifact_root(uri))
+    except mlflow.exceptions.MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS" or \
+                (found := client.get_experiment_by_name(name)) is None:
+            raise
+        return found.experiment_id
+
+
 def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
     """Create a run with its tags, params and the resolved job.yaml; return its reference."""
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    if found is None:
-        experiment_id = client.create_experiment(experiment, artifact_location=_artifact_root(uri))
-    else:
-        experiment_id = found.experiment_id
+    client = _client(uri)
+    experiment_id = _experiment_id(client, experiment, uri)
     all_tags = {
         "mlflow.source.name": "trainyard", "mlflow.user": getpass.getuser(),
         "mlflow.note.content": description,
@@ -146,15 +182,15 @@ def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
 
 
 def log_text(ref: RunRef, text: str, artifact_file: str) -> None:
-    MlflowClient(ref.uri).log_text(ref.run_id, text, artifact_file)
+    _client(ref.uri).log_text(ref.run_id, text, artifact_file)
 
 
 def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None) -> None:
-    MlflowClient(ref.uri).log_artifact(ref.run_id, str(path), artifact_path)
+    _client(ref.uri).log_artifact(ref.run_id, str(path), artifact_path)
 
 
 def log_artifacts(ref: RunRef, folder: str | Path, artifact_path: str | None = None) -> None:
-    MlflowClient(ref.uri).log_artifacts(ref.run_id, str(folder), artifact_path)
+    _client(ref.uri).log_artifacts(ref.run_id, str(folder), artifact_path)
 
 
 def log_torch_model(ref: RunRef, model: Any, input_example: Any,
@@ -181,7 +217,7 @@ def log_torch_model(ref: RunRef, model: Any, input_example: Any,
                                   input_example=input_example, pip_requirements=requirements)
         log_artifacts(ref, path, "model")
     if register_as:
-        client = MlflowClient(ref.uri)
+        client = _client(ref.uri)
         try:
             client.create_registered_model(register_as)
         except mlflow.exceptions.MlflowException:
@@ -197,13 +233,13 @@ def download(ref: RunRef, artifact_path: str, dst: str | Path) -> str:
 
 
 def set_tags(ref: RunRef, tags: dict[str, str]) -> None:
-    client = MlflowClient(ref.uri)
+    client = _client(ref.uri)
     client.log_batch(ref.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def reopen_run(ref: RunRef) -> None:
     """Mark a stopped run as running again (resume)."""
-    MlflowClient(ref.uri).update_run(ref.run_id, status="RUNNING")
+    _client(ref.uri).update_run(ref.run_id, status="RUNNING")
 
 
 def close_run(ref: RunRef, status: str, curves_of: list[str] | None = None) -> None:
@@ -213,21 +249,21 @@ def close_run(ref: RunRef, status: str, curves_of: list[str] | None = None) -> N
             _log_learning_curves(ref, curves_of)
         except Exception as err:  # a missing plot must not lose the run's status
             print(f"warning: could not draw the learning curves: {err}", file=sys.stderr)
-    MlflowClient(ref.uri).set_terminated(ref.run_id, status=status)
+    _client(ref.uri).set_terminated(ref.run_id, status=status)
 
 
 def set_status(ref: RunRef, status: str) -> None:
     """Set a run's final status (FINISHED | FAILED | KILLED) without touching its artifacts."""
-    MlflowClient(ref.uri).set_terminated(ref.run_id, status=status)
+    _client(ref.uri).set_terminated(ref.run_id, status=status)
 
 
 def get_tags(ref: RunRef) -> dict[str, str]:
-    return dict(MlflowClient(ref.uri).get_run(ref.run_id).data.tags)
+    return dict(_client(ref.uri).get_run(ref.run_id).data.tags)
 
 
 def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list[RunRef]:
     """Runs of an experiment carrying all these tags, newest first."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
@@ -239,7 +275,7 @@ def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list[RunRef]:
 
 def run_info(ref: RunRef) -> dict[str, Any]:
     """What resume needs: the run's tags, status, and its resolved job.yaml text."""
-    client = MlflowClient(ref.uri)
+    client = _client(ref.uri)
     run = client.get_run(ref.run_id)
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path="job.yaml",
@@ -251,7 +287,7 @@ def run_info(ref: RunRef) -> dict[str, Any]:
 
 def last_steps(ref: RunRef) -> dict[str, int]:
     """The last step logged for each metric of a run (so a resumed run does not repeat)."""
-    client = MlflowClient(ref.uri)
+    client = _client(ref.uri)
     run = client.get_run(ref.run_id)
     return {key: max(m.step for m in client.get_metric_history(ref.run_id, key))
             for key in run.data.metrics}
@@ -259,12 +295,12 @@ def last_steps(ref: RunRef) -> dict[str, int]:
 
 def latest_metrics(ref: RunRef) -> dict[str, float]:
     """The last value of every metric of a run."""
-    return dict(MlflowClient(ref.uri).get_run(ref.run_id).data.metrics)
+    return dict(_client(ref.uri).get_run(ref.run_id).data.metrics)
 
 
 def metric_history(ref: RunRef, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric, in step order."""
-    history = MlflowClient(ref.uri).get_metric_history(ref.run_id, key)
+    history = _client(ref.uri).get_metric_history(ref.run_id, key)
     return sorted((m.step, m.value) for m in history)
 
 
@@ -282,7 +318,7 @@ def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _run_dict(MlflowClient(uri).get_run(run_id))
+        return _run_dict(_client(uri).get_run(run_id))
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -292,7 +328,7 @@ def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
 def search_runs(uri: str, experiment: str) -> list[dict[str, Any]] | None:
     """The active runs of an experiment (as `find_run` gives them), oldest first; None when
     the store has no experiment of that name."""
-    client = MlflowClient(uri)
+    client = _client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -308,7 +344,7 @@ def search_runs(uri: str, experiment: str) -> list[dict[str, Any]] | None:
 
 def experiment_names(uri: str) -> list[str]:
     """Names of the store's active experiments (for error messages)."""
-    return sorted(e.name for e in MlflowClient(uri).search_experiments())
+    return sorted(e.name for e in _client(uri).search_experiments())
 
 
 class SystemMetrics:
@@ -346,7 +382,7 @@ class RunLogger:
 
     def __init__(self, ref: RunRef, skip_through: dict[str, int] | None = None):
         self.ref = ref
-        self.client = MlflowClient(ref.uri)
+        self.client = _client(ref.uri)
         self.skip_through = dict(skip_through or {})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
