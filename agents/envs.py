@@ -7,7 +7,7 @@ is an error that lists the closest known ids.
 from __future__ import annotations
 
 import difflib
-from functools import cache
+from functools import cache, partial
 
 
 @cache
@@ -33,3 +33,23 @@ def check_env_id(env_id: str) -> str:
     hint = (f"; did you mean: {', '.join(lowered[c] for c in close)}?" if close
             else "; see gymnasium.envs.registry for the known ids")
     raise ValueError(f"unknown environment {env_id!r}{hint}")
+
+
+def _make_from_spec(spec, config) -> object:
+    import gymnasium as gym
+
+    return gym.make(spec, **dict(config))
+
+
+def rllib_env_creator(env_id: str):
+    """An RLlib env creator (`ray.tune.registry.register_env`) that builds `env_id` from this
+    process's Gymnasium registration.
+
+    Remote env runners are other processes with their own, fresh registry: an id registered
+    here only (Atari ids, which ale-py registers on import; an env a plugin or a test
+    registers) is unknown there. The creator carries the id's EnvSpec to them instead.
+    """
+    import gymnasium as gym
+
+    known_env_ids()  # registers the Atari ids
+    return partial(_make_from_spec, gym.spec(env_id))

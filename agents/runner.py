@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainyard import checkpoints
+from trainyard import checkpoints, tracking
 
 if TYPE_CHECKING:
     from trainyard.agents.spec import RLJob
@@ -28,6 +28,13 @@ METRICS = {
     ("learners", "default_policy", "td_error_mean"): "train/td_error_mean",
 }
 STEPS_KEY = ("env_runners", "num_env_steps_sampled_lifetime")
+# Fault counters, logged when the job has remote env runners (counted since the algorithm was
+# built: a resumed run counts again from 0).
+FAULT_METRICS = {
+    ("fault_tolerance", "num_remote_worker_restarts"): "faults/env_runner_restarts",
+    ("fault_tolerance", "num_healthy_workers"): "faults/healthy_env_runners",
+    ("env_runners", "num_env_step_failures"): "faults/env_step_failures",
+}
 
 
 # RLlib 2.60 warns about its own defaults on every build; a user can do nothing about these.
@@ -61,7 +68,7 @@ def build_config(spec: "RLJob", seed: int):
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    agent, res = spec.agent, spec.resources
+    agent, res, faults = spec.agent, spec.resources, spec.fault_tolerance
     replay = "PrioritizedEpisodeReplayBuffer" if agent.prioritized_replay else "EpisodeReplayBuffer"
     return (
         DQNConfig()
@@ -70,7 +77,14 @@ def build_config(spec: "RLJob", seed: int):
                      num_envs_per_env_runner=res.envs_per_env_runner,
                      num_cpus_per_env_runner=res.cpus_per_env_runner,
                      num_gpus_per_env_runner=res.gpus_per_env_runner,
-                     rollout_fragment_length=agent.rollout_fragment_length)
+                     rollout_fragment_length=agent.rollout_fragment_length,
+                     sample_timeout_s=faults.sample_timeout_s)
+        .fault_tolerance(restart_failed_env_runners=faults.restart_failed_env_runners,
+                         max_num_env_runner_restarts=faults.max_env_runner_restarts,
+                         delay_between_env_runner_restarts_s=faults.restart_delay_s,
+                         restart_failed_sub_environments=faults.restart_failed_envs,
+                         env_runner_health_probe_timeout_s=faults.health_probe_timeout_s,
+                         env_runner_restore_timeout_s=faults.restore_timeout_s)
         .learners(num_learners=res.learners, num_gpus_per_learner=res.gpus_per_learner)
         .training(lr=agent.lr, gamma=agent.gamma, train_batch_size_per_learner=agent.batch_size,
                   n_step=agent.n_step, double_q=agent.double_q, dueling=agent.dueling,
@@ -111,14 +125,20 @@ def _restore(algo, ctx: "RunContext", root: Path) -> dict | None:
 
 def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     """Train until a stop condition; return the last metrics."""
+    from ray.tune.registry import register_env
+
+    from trainyard.agents.envs import rllib_env_creator
+
     root = Path(ctx.storage_path) / ctx.storage_name
     _quiet_rllib()
+    register_env(spec.agent.env, rllib_env_creator(spec.agent.env))  # for remote env runners
     algo = build_config(spec, ctx.seed).build_algo()
     progress = _restore(algo, ctx, root) or {"iteration": 0, "env_steps": 0, "seconds": 0.0}
     logger = ctx.logger()
     logger.log({"perf/startup_s": ctx.startup_seconds()}, step=progress["env_steps"])
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
     metrics: dict[str, float] = {}
+    faults = _FaultRecorder(ctx) if spec.resources.env_runners else None
     try:
         while True:
             iter_start = time.monotonic()
@@ -133,6 +153,8 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             metrics["perf/env_steps_per_s"] = (steps - last_steps) / max(now - last_time, 1e-9)
             metrics["perf/iteration_s"] = now - iter_start
             metrics["train/iteration"] = progress["iteration"]
+            if faults is not None:
+                metrics.update(faults.record(result))
             last_time, last_steps = now, steps
             logger.log(metrics, step=steps)
             ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)
@@ -145,6 +167,25 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
                 return metrics
     finally:
         algo.stop()
+
+
+class _FaultRecorder:
+    """Turns RLlib's fault counters into `faults/*` metrics, and tags the run when an env runner
+    was restarted (`trainyard.faults.env_runner_restarts`: how many times, so far)."""
+
+    def __init__(self, ctx: "RunContext"):
+        self.ctx = ctx
+        self.restarts = 0
+
+    def record(self, result: dict) -> dict[str, float]:
+        found = {name: float(v) for path, name in FAULT_METRICS.items()
+                 if isinstance(v := _dig(result, path), (int, float))}
+        restarts = int(found.get("faults/env_runner_restarts", 0))
+        if restarts > self.restarts:
+            self.restarts = restarts
+            tracking.set_tags(self.ctx.run,
+                              {f"{tracking.TAG}faults.env_runner_restarts": str(restarts)})
+        return found
 
 
 def _should_stop(spec: "RLJob", progress: dict, metrics: dict, elapsed_s: float) -> bool:

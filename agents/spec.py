@@ -26,6 +26,34 @@ class RLResources(Resources):
                                     "the driver's learner when learners is 0)")
 
 
+class RLFaultTolerance(Section):
+    """What happens when an env runner fails: its process dies, or its env raises or hangs.
+
+    RLlib takes a failed remote env runner out of service, Ray restarts its actor, and RLlib
+    brings it back (with the current weights) at the next training step: the run goes on.
+    The `faults/*` metrics and the `trainyard.faults.*` tags record it.
+    """
+
+    restart_failed_env_runners: bool = Field(
+        True, description="restart a remote env runner that died or whose env raised (false: "
+        "the run fails with it)")
+    max_env_runner_restarts: int = Field(1000, ge=0, description="restarts allowed per env "
+                                         "runner over the run")
+    restart_delay_s: float = Field(
+        5.0, ge=0, description="seconds an env runner whose env raised waits before it exits "
+        "to be restarted (RLlib's default, 60, holds back a crash loop)")
+    restart_failed_envs: bool = Field(
+        False, description="rebuild an env that raises inside its runner (also with "
+        "env_runners 0) instead of failing the runner; the episode is dropped")
+    sample_timeout_s: float = Field(
+        60.0, gt=0, description="wait this long for a remote runner's samples each step; a "
+        "slower or hung runner's samples are dropped for that step")
+    health_probe_timeout_s: float = Field(
+        30.0, gt=0, description="how long a ping to a failed runner may take to count as back")
+    restore_timeout_s: float = Field(
+        1800.0, gt=0, description="how long a restarted runner may take to receive its state")
+
+
 class RLStop(Stop):
     env_steps: Count | None = Field(100_000, ge=1, description="environment steps sampled")
     iterations: Count | None = Field(None, ge=1, description="RLlib training iterations")
@@ -71,6 +99,7 @@ class RLJob(JobBase):
     resources: RLResources = Field(default_factory=RLResources)
     stop: RLStop = Field(default_factory=RLStop)
     checkpoint: RLCheckpoint = Field(default_factory=RLCheckpoint)
+    fault_tolerance: RLFaultTolerance = Field(default_factory=RLFaultTolerance)
     agent: DQNAgent
 
     @model_validator(mode="after")

@@ -1,0 +1,144 @@
+"""RL runs survive env-runner faults: an env that raises, an env-runner process killed.
+
+Env runners are separate processes, so the fault is decided inside the env: it fires once,
+when a flag file exists (the env renames it away as it fires, so the restarted runner's env
+runs clean). The env is registered with Gymnasium in this process only; trainyard carries its
+EnvSpec to the runner processes (its class travels by value: the runners cannot import tests).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import pytest
+import ray
+import ray.cloudpickle
+from gymnasium.envs.classic_control.cartpole import CartPoleEnv
+from mlflow.tracking import MlflowClient
+
+from conftest import CARTPOLE
+from trainyard.agents.envs import known_env_ids
+from trainyard.cli import main
+
+FAULTY_ENV = "TrainyardFaultyCartPole-v0"
+
+# Small and quick: 1,000 env steps per iteration, few learner updates per sampled step.
+QUICK = ["resources.env_runners=1", "stop.env_steps=3000", "stop.minutes=3",
+         "agent.learning_starts=500", "agent.training_intensity=2",
+         "checkpoint.every_iterations=100", "fault_tolerance.restart_delay_s=1",
+         "tracking.experiment=faults", "tracking.system_metrics=false"]
+
+
+class FaultyCartPole(CartPoleEnv):
+    """CartPole whose `step` raises once, `crash_after` steps into the env's life, if the
+    `flag` file exists."""
+
+    def __init__(self, flag: str, crash_after: int = 300, **kwargs):
+        super().__init__(**kwargs)
+        self.flag, self.crash_after, self.steps = flag, crash_after, 0
+
+    def step(self, action):
+        self.steps += 1
+        if self.steps >= self.crash_after and os.path.exists(self.flag):
+            try:
+                os.rename(self.flag, f"{self.flag}.fired")  # only one env fires it
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError("injected env fault (tests/agents/test_faults.py)")
+        return super().step(action)
+
+
+@pytest.fixture
+def faulty_env(workdir):
+    """Register FAULTY_ENV (its flag file armed) for this test; yields the flag's path."""
+    flag = workdir / "crash.flag"
+    flag.write_text("armed")
+    gym.register(FAULTY_ENV, entry_point=FaultyCartPole, max_episode_steps=500,
+                 kwargs={"flag": str(flag)})
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    known_env_ids.cache_clear()
+    yield flag
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    gym.registry.pop(FAULTY_ENV, None)
+    known_env_ids.cache_clear()
+
+
+def _run_args(*overrides: str) -> list[str]:
+    argv = ["run", str(CARTPOLE)]
+    for override in (*QUICK, *overrides):
+        argv += ["-o", override]
+    return argv
+
+
+def _the_run(store_uri: str):
+    client = MlflowClient(store_uri)
+    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    assert len(runs) == 1
+    return client, runs[0]
+
+
+def _check_recovered(store_uri: str) -> dict[str, list]:
+    """The run finished, reached its env steps with steps that never repeat, and MLflow shows
+    the restart; returns the fault metrics' histories."""
+    client, run = _the_run(store_uri)
+    assert run.info.status == "FINISHED"
+    history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id,
+                                                                                 key))
+               for key in ("train/iteration", "faults/env_runner_restarts",
+                           "faults/healthy_env_runners")}
+    steps = [step for step, _ in history["train/iteration"]]
+    assert steps == sorted(set(steps)) and steps[-1] >= 3000
+    assert max(v for _, v in history["faults/env_runner_restarts"]) >= 1
+    assert history["faults/healthy_env_runners"][-1][1] == 1  # back in service at the end
+    assert int(run.data.tags["trainyard.faults.env_runner_restarts"]) >= 1
+    return history
+
+
+@pytest.mark.slow
+def test_env_that_raises_is_restarted_and_the_run_finishes(faulty_env, store_uri):
+    started = time.monotonic()
+    assert main(_run_args(f"agent.env={FAULTY_ENV}")) == 0
+    assert Path(f"{faulty_env}.fired").exists() and not faulty_env.exists()  # it did fire
+    _check_recovered(store_uri)
+    print(f"env fault run: {time.monotonic() - started:.0f} s")
+
+
+def _kill_env_runner_once_it_sampled(store_uri: str, killed: list) -> None:
+    """Thread: once the run logged its first iteration, SIGKILL the env runner's process."""
+    from ray.util.state import list_actors
+
+    deadline = time.monotonic() + 150
+    client = MlflowClient(store_uri)
+    while time.monotonic() < deadline and not killed:
+        time.sleep(0.5)
+        experiment = client.get_experiment_by_name("faults")
+        runs = client.search_runs([experiment.experiment_id]) if experiment else []
+        if not runs or "train/iteration" not in runs[0].data.metrics:
+            continue
+        # This process's Ray (another may run on the machine): the one `main` started.
+        address = ray.get_runtime_context().gcs_address
+        actors = list_actors(address=address, filters=[
+            ("class_name", "=", "SingleAgentEnvRunner"), ("state", "=", "ALIVE")])
+        if actors:
+            os.kill(actors[0].pid, signal.SIGKILL)
+            killed.append(actors[0].pid)
+
+
+@pytest.mark.slow
+def test_killed_env_runner_process_is_restarted_and_the_run_finishes(workdir, store_uri):
+    started, killed = time.monotonic(), []
+    killer = threading.Thread(target=_kill_env_runner_once_it_sampled, args=(store_uri, killed),
+                              daemon=True)
+    killer.start()
+    assert main(_run_args()) == 0
+    killer.join(timeout=5)
+    assert killed, "the env runner was never killed"
+    _check_recovered(store_uri)
+    print(f"killed runner run: {time.monotonic() - started:.0f} s")
