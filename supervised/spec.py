@@ -43,6 +43,14 @@ class SupervisedCheckpoint(Checkpoint):
     every_epochs: int = Field(1, ge=1, description="checkpoint every N epochs (and at the end)")
 
 
+class SupervisedFaultTolerance(Section):
+    """What happens when a Train worker dies (its process killed, its node lost) or raises."""
+
+    max_failures: int = Field(
+        3, ge=0, description="worker-group failures to recover from: Ray Train restarts every "
+        "worker from the latest checkpoint (0: the first failure ends the run)")
+
+
 # --------------------------------------------------------------------------- data
 
 
@@ -222,6 +230,7 @@ class SupervisedJob(JobBase):
     resources: SupervisedResources = Field(default_factory=SupervisedResources)
     stop: SupervisedStop = Field(default_factory=SupervisedStop)
     checkpoint: SupervisedCheckpoint = Field(default_factory=SupervisedCheckpoint)
+    fault_tolerance: SupervisedFaultTolerance = Field(default_factory=SupervisedFaultTolerance)
     data: DataSection = Field(default_factory=lambda: DigitsData(name="digits"))
     model: ModelSection = Field(default_factory=lambda: ResNetModel(arch="resnet"))
     train: TrainSection = Field(default_factory=TrainSection)

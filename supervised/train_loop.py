@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
+from trainyard import tracking
 from trainyard.checkpoints import load_state, save_state
 from trainyard.supervised import artifacts
 from trainyard.supervised.finetune import apply_init
@@ -195,9 +196,8 @@ def train_loop(config: dict[str, Any]) -> None:
         best_model = saved["best_model"]
     model = ray.train.torch.prepare_model(model)  # DDP (and device) when world > 1
     plain = model.module if hasattr(model, "module") else model
-    logger = ctx.logger() if rank == 0 else None
-    if rank == 0:
-        logger.log({"perf/startup_s": ctx.startup_seconds()}, step=state["global_step"])
+    logger = _rank0_logger(ctx, config.get("fit_id"), state["global_step"]) if rank == 0 \
+        else None
     started = time.monotonic()
 
     for epoch in range(state["epoch"] + 1, spec.stop.epochs + 1):
@@ -238,6 +238,26 @@ def train_loop(config: dict[str, Any]) -> None:
         logger.log(final, step=state["global_step"])
         artifacts.log_run_artifacts(spec, ctx.run, plain, data, device)
     ray.train.report(final)
+
+
+def _rank0_logger(ctx, fit_id: str | None, step: int) -> tracking.RunLogger:
+    """Rank 0's MLflow logger, and the record of a restart.
+
+    After a worker failure Ray Train starts this loop again on every rank, from the latest
+    checkpoint: the epochs after it are trained again, and the logger drops their points that
+    the failed attempt already logged (a metric's steps never repeat). The restart is counted in
+    the tag `trainyard.faults.worker_restarts` and the metric `faults/worker_restarts`.
+    """
+    tags = tracking.get_tags(ctx.run)
+    if fit_id is None or tags.get(f"{tracking.TAG}fit_id") != fit_id:  # this fit's first start
+        tracking.set_tags(ctx.run, {f"{tracking.TAG}fit_id": fit_id})
+        logger = ctx.logger()
+        logger.log({"perf/startup_s": ctx.startup_seconds()}, step=step)
+        return logger
+    restarts = int(tags.get(f"{tracking.TAG}faults.worker_restarts", 0)) + 1
+    tracking.set_tags(ctx.run, {f"{tracking.TAG}faults.worker_restarts": restarts})
+    tracking.RunLogger(ctx.run).log({"faults/worker_restarts": restarts}, step=step)
+    return tracking.RunLogger(ctx.run, {**ctx.skip_through, **tracking.last_steps(ctx.run)})
 
 
 def _report(metrics: dict, rank: int, with_checkpoint: bool, state: dict) -> None:

@@ -4,6 +4,7 @@ spec, fit it."""
 from __future__ import annotations
 
 import tempfile
+import uuid
 from typing import TYPE_CHECKING
 
 from trainyard import tracking
@@ -34,15 +35,18 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx, "data": data,
-                           "init": init},
+                           "init": init, "fit_id": uuid.uuid4().hex},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker),
         run_config=RunConfig(
             name=ctx.storage_name, storage_path=ctx.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
-            failure_config=FailureConfig(max_failures=0),
+            # A worker that dies or raises: Train restarts all of them from the latest
+            # checkpoint (train_loop counts the restarts; _record_failures says why).
+            failure_config=FailureConfig(max_failures=spec.fault_tolerance.max_failures),
             # Ray Train logs every report at INFO; our progress line says it once.
-            logging_config=LoggingConfig(log_level="WARNING"), callbacks=list(callbacks)),
+            logging_config=LoggingConfig(log_level="WARNING"),
+            callbacks=[*callbacks, _record_failures(ctx)]),
     )
 
 
@@ -71,6 +75,30 @@ def _fit_reporting(trainer, queue, ctx: RunContext):
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
+
+
+def _record_failures(ctx: RunContext):
+    """A Ray Train callback (in the Train controller) that tags the run with each worker failure
+    it sees: `trainyard.faults.worker_failures` (how many) and `...last_worker_error`."""
+    from ray.train import UserCallback
+
+    class RecordFailures(UserCallback):
+        def __init__(self) -> None:
+            self.failures = 0
+
+        def after_exception(self, run_context, worker_exceptions) -> None:
+            self.failures += 1
+            errors = "; ".join(f"rank {rank}: {type(err).__name__}: "
+                               f"{(str(err).strip().splitlines() or [''])[0]}"
+                               for rank, err in sorted(worker_exceptions.items()))
+            try:
+                tracking.set_tags(ctx.run, {
+                    f"{tracking.TAG}faults.worker_failures": self.failures,
+                    f"{tracking.TAG}faults.last_worker_error": errors[:4000]})
+            except Exception as err:  # a store that is away must not fail the recovery
+                print(f"warning: could not record the worker failure: {err}", flush=True)
+
+    return RecordFailures()
 
 
 def _report_forwarder(queue):
