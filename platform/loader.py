@@ -154,8 +154,8 @@ def _expected(error: dict, model: type[BaseModel], loc: Loc, data: Any) -> str:
                 for tag in typing.get_args(member.model_fields[str(loc[-1])].annotation)]
         return f"required field is missing: one of {', '.join(tags)}"
     message = error["msg"].removeprefix("Value error, ")
-    if error["type"] == "value_error" and not loc_is_field(model, loc, data):
-        return message  # our own cross-field checks say what to do in full
+    if error["type"] == "value_error" and not loc_is_field(model, tuple(error["loc"]), data):
+        return message  # our own cross-field checks say what to do in full (not the input)
     return f"{message[0].lower()}{message[1:]} (got {error.get('input')!r})"
 
 

@@ -23,3 +23,24 @@ def test_more_workers_than_cores_names_cpu(workdir, capsys):
     code = main(["run", str(DIGITS), "-o", "resources.workers=8", "-o", "resources.cpus=2"])
     assert code == 3
     assert "CPU: the job needs 8, the cluster has 2" in capsys.readouterr().err
+
+
+def test_embedded_ray_dashboard_listens_on_loopback_only(workdir):
+    """The dashboard (and the Jobs and state APIs it serves) is reachable from this machine
+    only when trainyard starts Ray itself."""
+    import urllib.request
+
+    from conftest import free_port, listening_addresses
+    from trainyard.launcher import ray_session
+
+    port = free_port()
+    with ray_session(cpus=1, dashboard_port=port):
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the dashboard did not answer in 60 s"
+                time.sleep(1)
+        assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else

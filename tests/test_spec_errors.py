@@ -85,6 +85,37 @@ BAD = [
      ["bad.yaml:5", "agent.env", "unknown environment", "CartPole-v1"]),
     ("rl-negative-steps", "name: x\nkind: rl\nagent: {env: CartPole-v1}\nstop:\n  env_steps: -1\n",
      [], ["bad.yaml:5", "stop.env_steps", "greater than or equal to 1"]),
+    # impossible resource requests (what the schema can tell; what the cluster lacks is
+    # tests/test_launcher.py: exit 3 naming the resource)
+    ("batch-smaller-than-workers", GOOD.replace("workers: 1", "workers: 4")
+     .replace("  lr: 1.0e-3", "  lr: 1.0e-3\n  batch_size: 2"), [],
+     ["bad.yaml:10", "train.batch_size (2) must be at least resources.workers (4)"]),
+    ("negative-gpus", GOOD.replace("workers: 1", "workers: 1\n  gpus_per_worker: -1"), [],
+     ["bad.yaml:5", "resources.gpus_per_worker", "greater than or equal to 0"]),
+    ("zero-cpus", GOOD.replace("workers: 1", "workers: 1\n  cpus: 0"), [],
+     ["bad.yaml:5", "resources.cpus", "greater than 0"]),
+    ("rl-zero-cpus-per-runner", "name: x\nkind: rl\nagent: {env: CartPole-v1}\nresources:\n"
+     "  env_runners: 2\n  cpus_per_env_runner: 0\n", [],
+     ["bad.yaml:6", "resources.cpus_per_env_runner", "greater than 0"]),
+    # fault tolerance
+    ("negative-max-failures", GOOD + "fault_tolerance: {max_failures: -1}\n", [],
+     ["bad.yaml:12", "fault_tolerance.max_failures", "greater than or equal to 0"]),
+    ("rl-zero-sample-timeout", "name: x\nkind: rl\nagent: {env: CartPole-v1}\n", [
+        "fault_tolerance.sample_timeout_s=0"],
+     ["-o fault_tolerance.sample_timeout_s=0", "greater than 0"]),
+    # more sweep grammar
+    ("sweep-unclosed", GOOD + "sweep: {metric: m, space: {train.lr: 'choice(1e-3, 1e-4'}}\n", [],
+     ["bad.yaml:12", "sweep.space", "cannot read 'choice(1e-3, 1e-4'"]),
+    ("sweep-arity", GOOD + "sweep: {metric: m, space: {train.lr: 'uniform(0.1)'}}\n", [],
+     ["bad.yaml:12", "uniform() takes 2 arguments"]),
+    ("sweep-unknown-path", GOOD + "sweep:\n  metric: m\n  space:\n    train.lrr: uniform(0.1, 1)\n",
+     [], ["bad.yaml:15", "sweep.space.train.lrr", "no such field", "did you mean 'train.lr'"]),
+    ("sweep-invalid-value",
+     GOOD + "sweep:\n  metric: m\n  space:\n    model.arch: choice(resnet, vgg)\n", [],
+     ["bad.yaml:15", "sweep.space.model.arch", "the sweep can try 'vgg'"]),
+    # more override syntax
+    ("override-empty-path", GOOD, ["=3"], ["override '=3'", "KEY.PATH=VALUE"]),
+    ("override-empty-key", GOOD, ["train..lr=3"], ["override 'train..lr=3'", "KEY.PATH=VALUE"]),
 ]
 
 
@@ -146,3 +177,52 @@ def test_count_rejects_fractions(tmp_path):
     path.write_text("name: x\nkind: rl\nagent: {env: CartPole-v1}\nstop: {env_steps: 2.5}\n")
     with pytest.raises(SpecError, match="stop.env_steps"):
         load_spec(path)
+
+
+def test_cross_section_check_says_what_to_do_without_echoing_the_spec(tmp_path, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(GOOD)
+    assert main(["validate", str(path), "-o", "resources.workers=2",
+                 "-o", "train.batch_size=1"]) == 2
+    err = capsys.readouterr().err
+    assert "must be at least resources.workers (2)" in err and "(got {" not in err
+
+
+# Dataset paths are checked when the job runs (a cluster job's data may exist only on the
+# cluster): a missing one is a DataError naming the field and the path, and exit code 2.
+MISSING_DATA = [
+    ({"name": "image_folder", "path": "/nowhere/images"}, "resnet",
+     "data.path: image folder not found: /nowhere/images"),
+    ({"name": "mnist_idx", "path": "/nowhere/mnist"}, "resnet",
+     "data.path: MNIST folder not found: /nowhere/mnist"),
+    ({"name": "cifar10", "path": "/nowhere/cifar"}, "resnet",
+     "data.path: CIFAR-10 folder not found: /nowhere/cifar"),
+    ({"name": "table", "path": "/nowhere/t.csv", "features": ["a"], "label": "y"}, "lstm",
+     "data.path: table not found: /nowhere/t.csv"),
+    ({"name": "text", "source": "/nowhere/corpus.txt"}, "lstm",
+     "data.source: text file not found: /nowhere/corpus.txt"),
+]
+
+
+@pytest.mark.parametrize("data,arch,message", MISSING_DATA, ids=[d["name"] for d, *_ in
+                                                                  MISSING_DATA])
+def test_missing_dataset_path_is_a_data_error_naming_field_and_path(tmp_path, data, arch,
+                                                                     message):
+    from trainyard.loader import validate_data
+    from trainyard.supervised.data import load_dataset
+    from trainyard.supervised.formats import DataError
+
+    spec = validate_data({"name": "x", "kind": "supervised", "data": data,
+                          "model": {"arch": arch}}, "job.yaml").spec
+    with pytest.raises(DataError, match=message):
+        load_dataset(spec.data, 0)
+
+
+def test_run_with_a_missing_dataset_path_exits_2_without_a_traceback(workdir, capsys):
+    path = workdir / "job.yaml"
+    path.write_text(GOOD)
+    assert main(["run", str(path), "-o", "data={name: image_folder, path: nowhere/images}",
+                 "-o", "tracking.system_metrics=false"]) == 2
+    err = capsys.readouterr().err
+    assert "data.path: image folder not found: nowhere/images" in err
+    assert "Traceback" not in err

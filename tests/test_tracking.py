@@ -11,7 +11,7 @@ import urllib.request
 
 from mlflow.tracking import MlflowClient
 
-from conftest import free_port
+from conftest import free_port, listening_addresses
 from trainyard import tracking
 
 
@@ -46,18 +46,6 @@ def test_run_gets_provenance_and_job_yaml(store_uri):
     assert artifact_uri.startswith("file://") and "trainyard-runs/artifacts" in artifact_uri
 
 
-def _listening_addresses(port: int) -> set[str]:
-    found = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with open(table) as handle:
-            for line in handle.readlines()[1:]:
-                local, state = line.split()[1], line.split()[3]
-                address, hex_port = local.rsplit(":", 1)
-                if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
-                    found.add(address)
-    return found
-
-
 def test_ui_serves_the_store_on_loopback_only(store_uri):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "ui", "--port", str(port),
@@ -74,7 +62,7 @@ def test_ui_serves_the_store_on_loopback_only(store_uri):
                 assert proc.poll() is None, "the UI exited"
                 assert time.monotonic() < deadline, "the UI did not answer in 90 s"
                 time.sleep(1)
-        addresses = _listening_addresses(port)
+        addresses = listening_addresses(port)
         assert addresses == {"0100007F"}, addresses  # 127.0.0.1, nothing else
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
