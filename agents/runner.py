@@ -139,6 +139,8 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
     metrics: dict[str, float] = {}
     faults = _FaultRecorder(ctx) if spec.resources.env_runners else None
+    if faults is not None and spec.fault_tolerance.hang_timeout_s:
+        faults.watchdog = _HangWatchdog(algo, spec.fault_tolerance.hang_timeout_s)
     try:
         while True:
             iter_start = time.monotonic()
@@ -166,6 +168,8 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             if done:
                 return metrics
     finally:
+        if faults is not None and faults.watchdog is not None:
+            faults.watchdog.stop()
         algo.stop()
 
 
@@ -176,16 +180,61 @@ class _FaultRecorder:
     def __init__(self, ctx: "RunContext"):
         self.ctx = ctx
         self.restarts = 0
+        self.watchdog: _HangWatchdog | None = None
 
     def record(self, result: dict) -> dict[str, float]:
         found = {name: float(v) for path, name in FAULT_METRICS.items()
                  if isinstance(v := _dig(result, path), (int, float))}
+        if self.watchdog is not None:
+            found["faults/hung_env_runners_killed"] = float(self.watchdog.killed)
         restarts = int(found.get("faults/env_runner_restarts", 0))
         if restarts > self.restarts:
             self.restarts = restarts
             tracking.set_tags(self.ctx.run,
                               {f"{tracking.TAG}faults.env_runner_restarts": str(restarts)})
         return found
+
+
+class _HangWatchdog:
+    """Kills a remote env runner that stops answering, so that Ray restarts it.
+
+    RLlib drops a late runner's samples (`sample_timeout_s`) but goes on waiting for the runner:
+    one whose env never returns from `step` would stall the run for good, as an env runner runs
+    one call at a time. This thread pings every runner; a ping unanswered for `timeout_s` (it
+    waits behind the hung call) gets the runner killed. Ray restarts the actor and RLlib brings
+    it back into service like any failed runner (counted in `faults/env_runner_restarts`).
+    """
+
+    def __init__(self, algo, timeout_s: float):
+        import threading
+
+        # The runners' actor handles (RLlib 2.60 keeps them in its actor manager); a restarted
+        # actor keeps its handle.
+        self.handles = list(algo.env_runner_group._worker_manager.actors().values())
+        self.timeout_s = timeout_s
+        self.killed = 0
+        self.stopped = threading.Event()
+        threading.Thread(target=self._watch, name="trainyard-hang-watchdog", daemon=True).start()
+
+    def _watch(self) -> None:
+        import ray
+
+        while not self.stopped.wait(min(5.0, self.timeout_s / 4)):
+            try:
+                pings = {handle.ping.remote(): handle for handle in self.handles}
+                _, hung = ray.wait(list(pings), num_returns=len(pings), timeout=self.timeout_s)
+                for ref in hung:
+                    if self.stopped.is_set():
+                        return
+                    print(f"env runner did not answer for {self.timeout_s:g} s (an env hung "
+                          "in step?): restarting it", flush=True)
+                    ray.kill(pings[ref], no_restart=False)
+                    self.killed += 1
+            except Exception:  # Ray is shutting down under us: the run is ending
+                return
+
+    def stop(self) -> None:
+        self.stopped.set()
 
 
 def _should_stop(spec: "RLJob", progress: dict, metrics: dict, elapsed_s: float) -> bool:

@@ -48,6 +48,9 @@ class RLFaultTolerance(Section):
     sample_timeout_s: float = Field(
         60.0, gt=0, description="wait this long for a remote runner's samples each step; a "
         "slower or hung runner's samples are dropped for that step")
+    hang_timeout_s: float | None = Field(
+        300.0, gt=0, description="kill a remote env runner that has not answered a ping for "
+        "this long (an env hung in step), so that Ray restarts it; None: wait for ever")
     health_probe_timeout_s: float = Field(
         30.0, gt=0, description="how long a ping to a failed runner may take to count as back")
     restore_timeout_s: float = Field(

@@ -26,7 +26,8 @@ from conftest import CARTPOLE
 from trainyard.agents.envs import known_env_ids
 from trainyard.cli import main
 
-FAULTY_ENV = "TrainyardFaultyCartPole-v0"
+FAULTY_ENV = "TrainyardFaultyCartPole-v0"  # raises in step, once
+HANGING_ENV = "TrainyardHangingCartPole-v0"  # never returns from step, once
 
 # Small and quick: 1,000 env steps per iteration, few learner updates per sampled step.
 QUICK = ["resources.env_runners=1", "stop.env_steps=3000", "stop.minutes=3",
@@ -36,12 +37,12 @@ QUICK = ["resources.env_runners=1", "stop.env_steps=3000", "stop.minutes=3",
 
 
 class FaultyCartPole(CartPoleEnv):
-    """CartPole whose `step` raises once, `crash_after` steps into the env's life, if the
-    `flag` file exists."""
+    """CartPole whose `step` raises (or hangs) once, `crash_after` steps into the env's life,
+    if the `flag` file exists."""
 
-    def __init__(self, flag: str, crash_after: int = 300, **kwargs):
+    def __init__(self, flag: str, fault: str = "raise", crash_after: int = 300, **kwargs):
         super().__init__(**kwargs)
-        self.flag, self.crash_after, self.steps = flag, crash_after, 0
+        self.flag, self.fault, self.crash_after, self.steps = flag, fault, crash_after, 0
 
     def step(self, action):
         self.steps += 1
@@ -51,6 +52,8 @@ class FaultyCartPole(CartPoleEnv):
             except FileNotFoundError:
                 pass
             else:
+                if self.fault == "hang":
+                    time.sleep(3600)
                 raise RuntimeError("injected env fault (tests/agents/test_faults.py)")
         return super().step(action)
 
@@ -60,13 +63,15 @@ def faulty_env(workdir):
     """Register FAULTY_ENV (its flag file armed) for this test; yields the flag's path."""
     flag = workdir / "crash.flag"
     flag.write_text("armed")
-    gym.register(FAULTY_ENV, entry_point=FaultyCartPole, max_episode_steps=500,
-                 kwargs={"flag": str(flag)})
+    for env_id, fault in ((FAULTY_ENV, "raise"), (HANGING_ENV, "hang")):
+        gym.register(env_id, entry_point=FaultyCartPole, max_episode_steps=500,
+                     kwargs={"flag": str(flag), "fault": fault})
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     known_env_ids.cache_clear()
     yield flag
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     gym.registry.pop(FAULTY_ENV, None)
+    gym.registry.pop(HANGING_ENV, None)
     known_env_ids.cache_clear()
 
 
@@ -108,6 +113,20 @@ def test_env_that_raises_is_restarted_and_the_run_finishes(faulty_env, store_uri
     assert Path(f"{faulty_env}.fired").exists() and not faulty_env.exists()  # it did fire
     _check_recovered(store_uri)
     print(f"env fault run: {time.monotonic() - started:.0f} s")
+
+
+@pytest.mark.slow
+def test_hung_env_runner_is_killed_and_restarted_and_the_run_finishes(faulty_env, store_uri):
+    started = time.monotonic()
+    assert main(_run_args(f"agent.env={HANGING_ENV}", "fault_tolerance.sample_timeout_s=5",
+                          "fault_tolerance.hang_timeout_s=10")) == 0
+    assert Path(f"{faulty_env}.fired").exists()  # it did hang
+    history = _check_recovered(store_uri)
+    client, run = _the_run(store_uri)
+    killed = client.get_metric_history(run.info.run_id, "faults/hung_env_runners_killed")
+    assert max(m.value for m in killed) == 1
+    print(f"hung env run: {time.monotonic() - started:.0f} s; "
+          f"restarts {history['faults/env_runner_restarts'][-1][1]:g}")
 
 
 def _kill_env_runner_once_it_sampled(store_uri: str, killed: list) -> None:
