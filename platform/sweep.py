@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import csv
 import itertools
+import json
 import logging
 import math
 import os
@@ -124,13 +125,18 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     spec = trial_spec(setup, values, seed, f"trial {trial_id} ({values})")
     ref, skip = _child_run(setup, spec, trial_id, values, seed)
     checkpoint = tune.get_checkpoint()
+    # What this (re)start trains with: PBT changes the values and hands over another trial's
+    # checkpoint, so the run says so (its params keep the values it started with).
+    tracking.set_tags(ref, {f"{TAG}trial_values": json.dumps(values),
+                            **({f"{TAG}restored_from": checkpoint.path} if checkpoint else {})})
     status = "FAILED"
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
             ctx = RunContext(ref, seed, setup.storage, f"{trial_id}-{time.time_ns()}",
                              skip_through=skip, tune_metric=setup.metric, restore_from=folder)
             get_workload(spec.kind).train(spec, ctx)
-        if ctx.tune_reports == 0:
+        if ctx.tune_reports == 0 and checkpoint is None:  # (a restored trial may have been
+            # handed a checkpoint of a finished trial: then it has nothing left to report)
             raise UserInputError(
                 f"sweep.metric {setup.metric!r} is not a metric this job logs (it logs: "
                 f"{', '.join(sorted(tracking.latest_metrics(ref)))}); set sweep.metric to one")

@@ -69,9 +69,19 @@ def _fit_reporting(trainer, queue, ctx: RunContext):
             queue.put(None)
 
     threading.Thread(target=fit, name="trainyard-fit", daemon=True).start()
-    while (item := queue.get()) is not None:
-        metrics, checkpoint_path = item
-        ctx.report(metrics, checkpoint_path)
+    controller = None
+    try:
+        while (item := queue.get()) is not None:
+            metrics, checkpoint_path, controller = item
+            ctx.report(metrics, checkpoint_path)
+    except SystemExit:
+        # Tune stopped the trial (ASHA) or paused it (PBT). The Train run must end now, not
+        # outlive this trial holding its workers' CPUs: abort it the way Ctrl-C does.
+        if controller is not None:
+            import ray
+
+            ray.get(controller.abort.remote(), timeout=30)
+        raise
     if "error" in outcome:
         raise outcome["error"]
     return outcome["result"]
@@ -108,7 +118,11 @@ def _report_forwarder(queue):
 
     class ForwardReports(UserCallback):
         def after_report(self, run_context, metrics, checkpoint) -> None:
-            queue.put((metrics[0], checkpoint.path if checkpoint else None))
+            import ray
+
+            # with the controller's own handle, so the trial can abort the run if Tune stops it
+            queue.put((metrics[0], checkpoint.path if checkpoint else None,
+                       ray.get_runtime_context().current_actor))
 
     return ForwardReports()
 

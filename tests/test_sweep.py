@@ -269,3 +269,24 @@ def test_killed_sweep_resumes_into_the_same_parent_run(workdir, store_uri, capsy
     for child in children:
         by_lr.setdefault(child.data.params["agent.lr"], set()).add(child.data.params["seed"])
     assert all(seeds == {"0", "1"} for seeds in by_lr.values()), by_lr
+
+
+@pytest.mark.slow
+def test_pbt_restarts_a_supervised_trial_from_another_trials_checkpoint(workdir, store_uri):
+    job = write(workdir / "digits.yaml", DIGITS.read_text())
+    args = ["sweep", str(job), "-o", "resources.workers=1", "-o", "stop.epochs=5",
+            "-o", "model.widths=[8, 16]", "-o", "tracking.system_metrics=false",
+            "-o", "tracking.experiment=digits-pbt",
+            "-o", "sweep={metric: val/accuracy, scheduler: pbt, num_samples: 2, "
+                  "perturbation_interval: 1, space: {train.lr: 'loguniform(1e-5, 1e-2)'}}"]
+    assert main(args) == 0
+    client = MlflowClient(store_uri)
+    parent, children = _parent_and_children(client, "digits-pbt")
+    assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
+    restored = [c for c in children if "trainyard.restored_from" in c.data.tags]
+    assert restored, "PBT never handed a checkpoint over"
+    for child in restored:
+        # it went on from the donor's epoch, and its curve never steps back
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/accuracy")]
+        assert steps == sorted(set(steps)), steps
+        assert float(child.data.metrics["test/accuracy"]) > 0.3
