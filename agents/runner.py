@@ -101,7 +101,7 @@ def build_config(spec: "RLJob", seed: int):
 def _save(algo, root: Path, progress: dict, keep: int) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".partial_", dir=root))
-    algo.save_to_path(str(partial))
+    algo.save_to_path(str(partial), use_msgpack=True)  # state as msgpack: loading runs no code
     folder = checkpoints.commit_folder(partial, root / f"checkpoint_{progress['iteration']:06d}",
                                        progress)
     checkpoints.prune(root, keep)
@@ -119,8 +119,21 @@ def _restore(algo, ctx: "RunContext", root: Path) -> dict | None:
     if found is None:
         return None
     folder, progress = found
+    _refuse_pickles(Path(folder))
     algo.restore_from_path(str(folder))
     return progress
+
+
+def _refuse_pickles(folder: Path) -> None:
+    """RLlib reads a component's state from `state.msgpack` when there is one, else unpickles
+    `state.pkl` (which can run code). Our checkpoints only hold msgpack state: refuse any
+    other. (`class_and_ctor_args.pkl` is read only by `Algorithm.from_checkpoint`, never by
+    `restore_from_path`.)"""
+    pickles = [p for p in folder.rglob("*.pkl") if p.name != "class_and_ctor_args.pkl"]
+    if pickles:
+        raise checkpoints.CheckpointError(
+            f"checkpoint {folder} holds pickled state ({pickles[0].relative_to(folder)}), "
+            "which could run code when loaded; trainyard writes msgpack state and refuses it")
 
 
 def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
