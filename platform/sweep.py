@@ -343,13 +343,18 @@ def _setup(spec: JobBase, uri: str, experiment: str, parent: RunRef, storage: st
     return TrialSetup(
         base=base, paths=list(sweep.space), seeds=list(spec.seeds), uri=uri,
         experiment=experiment, parent_id=parent.run_id, metric=sweep.metric,
-        storage=str(Path(storage, parent.run_id, "trials")),
+        storage=_join(storage, parent.run_id, "trials"),
         checkpoint_every=sweep.perturbation_interval if sweep.scheduler == "pbt" else None)
 
 
 def _storage(spec: JobBase) -> str:
     path = spec.checkpoint.path
-    return path if "://" in path else str(Path(path, "sweeps").resolve())
+    return _join(path, "sweeps") if "://" in path else str(Path(path, "sweeps").resolve())
+
+
+def _join(root: str, *parts: str) -> str:
+    """A folder under `root`, which may be a local path or a URI such as s3://bucket/x."""
+    return "/".join([root.rstrip("/"), *parts]) if "://" in root else str(Path(root, *parts))
 
 
 def run_sweep(loaded: LoadedSpec) -> int:
@@ -402,7 +407,7 @@ def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict) -> int:
 
     spec = loaded.spec
     storage = info["tags"][f"{TAG}storage_path"]
-    path = str(Path(storage, parent.run_id))
+    path = _join(storage, parent.run_id)
     if not tune.Tuner.can_restore(path):
         raise UserInputError(f"sweep {parent.run_id} has no saved Tune state in {path}; "
                              "start it again with trainyard sweep")
@@ -584,13 +589,16 @@ def _log_summary(parent: RunRef, summary: dict, rows: list[dict], setup: TrialSe
             (folder / "best.yaml").write_text(best_job_yaml(setup, spec, summary["best"]))
         _plot(folder / "metric_vs_params.png", rows, setup, spec)
         tracking.log_artifacts(parent, folder, "sweep")
-    if summary["best"] is not None:
+    if summary["best"] is None:
+        return
+    summary["best_yaml"] = f"runs:/{parent.run_id}/sweep/best.yaml"
+    if "://" not in setup.storage:  # also beside the sweep's checkpoints, ready to run
         local = Path(setup.storage).parent / "best.yaml"
         local.parent.mkdir(parents=True, exist_ok=True)
         local.write_text(best_job_yaml(setup, spec, summary["best"]))
         summary["best_yaml"] = str(local)
-        tracking.set_tags(parent, {f"{TAG}best_yaml": str(local), **{
-            f"{TAG}best.{p}": str(summary["best"][p]) for p in setup.paths}})
+    tracking.set_tags(parent, {f"{TAG}best_yaml": summary["best_yaml"], **{
+        f"{TAG}best.{p}": str(summary["best"][p]) for p in setup.paths}})
 
 
 def _plot(path: Path, rows: list[dict], setup: TrialSetup, spec: JobBase) -> None:
