@@ -20,7 +20,23 @@ def known_env_ids() -> frozenset[str]:
         gym.register_envs(ale_py)
     except ImportError:  # Atari is optional for a job that does not use it
         pass
+    try:  # MinAtar/Breakout-v1 etc.: the CPU-sized Atari benchmark
+        from minatar.gym import register_envs
+
+        register_envs()
+    except ImportError:
+        pass
     return frozenset(gym.envs.registry)
+
+
+def is_minatar(env_id: str) -> bool:
+    return env_id.startswith("MinAtar/")
+
+
+#: Conv layers ([channels, kernel, stride], ...) for image observations, by game family:
+#: the Nature DQN network for 84x84 Atari frames, Young & Tian's one layer for MinAtar's 10x10.
+NATURE_CNN = [[32, 8, 4], [64, 4, 2], [64, 3, 1]]
+MINATAR_CNN = [[16, 3, 1]]
 
 
 def check_env_id(env_id: str) -> str:
@@ -38,7 +54,13 @@ def check_env_id(env_id: str) -> str:
 def _make_from_spec(spec, config) -> object:
     import gymnasium as gym
 
-    return gym.make(spec, **dict(config))
+    env = gym.make(spec, **dict(config))
+    if is_minatar(spec.id):  # bool channels -> float32, what a conv layer takes
+        import numpy as np
+
+        space = gym.spaces.Box(0.0, 1.0, env.observation_space.shape, np.float32)
+        env = gym.wrappers.TransformObservation(env, lambda obs: obs.astype(np.float32), space)
+    return env
 
 
 def rllib_env_creator(env_id: str):

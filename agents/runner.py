@@ -93,9 +93,22 @@ def build_config(spec: "RLJob", seed: int):
                   epsilon=[(0, agent.epsilon_start), (agent.epsilon_steps, agent.epsilon_end)],
                   training_intensity=agent.training_intensity,
                   replay_buffer_config={"type": replay, "capacity": agent.replay_capacity})
-        .rl_module(model_config=DefaultModelConfig(fcnet_hiddens=list(agent.hidden)))
+        .rl_module(model_config=_model_config(agent, DefaultModelConfig))
         .debugging(seed=seed)
     )
+
+
+def _model_config(agent, model_config_class):
+    """The Q-network: an MLP for vector observations; a conv stack then the MLP head for
+    image observations (Atari frames, MinAtar's 10x10 channels)."""
+    from trainyard.agents.envs import MINATAR_CNN, NATURE_CNN, is_minatar
+
+    conv = agent.conv_filters or (MINATAR_CNN if is_minatar(agent.env) else
+                                  NATURE_CNN if agent.env.startswith("ALE/") else None)
+    if conv is None:
+        return model_config_class(fcnet_hiddens=list(agent.hidden))
+    return model_config_class(conv_filters=[list(layer) for layer in conv],
+                              head_fcnet_hiddens=list(agent.hidden))
 
 
 def _save(algo, root: Path, progress: dict, keep: int) -> Path:

@@ -79,7 +79,11 @@ class DQNAgent(Section):
     n_step: int = Field(1, ge=1, description="n-step returns")
     double_q: bool = Field(True, description="double-DQN targets")
     dueling: bool = Field(True, description="dueling value/advantage heads")
-    hidden: list[int] = Field([64, 64], min_length=1, description="MLP layer widths")
+    hidden: list[int] = Field([64, 64], min_length=1, description="MLP layer widths (for "
+                              "image observations: the Q head's layers after the conv stack)")
+    conv_filters: list[list[int]] | None = Field(
+        None, description="conv layers [channels, kernel, stride] for image observations; "
+        "default: the Nature DQN stack for ALE/ games, one [16, 3, 1] layer for MinAtar/")
     replay_capacity: Count = Field(50_000, ge=1, description="transitions kept in replay")
     prioritized_replay: bool = Field(True, description="prioritized experience replay")
     learning_starts: Count = Field(1_000, ge=0, description="env steps before learning")
@@ -95,6 +99,15 @@ class DQNAgent(Section):
     @classmethod
     def _known_env(cls, env: str) -> str:
         return check_env_id(env)
+
+    @field_validator("conv_filters")
+    @classmethod
+    def _check_conv(cls, layers: list[list[int]] | None) -> list[list[int]] | None:
+        if layers is not None and (not layers or any(
+                len(layer) != 3 or min(layer) < 1 for layer in layers)):
+            raise ValueError("conv_filters: give each layer as [channels, kernel, stride] of "
+                             "positive whole numbers, e.g. [[32, 8, 4], [64, 4, 2]]")
+        return layers
 
 
 class RLJob(JobBase):

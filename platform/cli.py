@@ -282,6 +282,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(err), BAD_INPUT)
     except KeyboardInterrupt:
         return INTERRUPTED
+    except BrokenPipeError:  # `trainyard validate job.yaml | head`: the reader left
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as err:
         from trainyard.launcher import ResourceError
         from trainyard.spec import UserInputError
