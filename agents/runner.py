@@ -164,6 +164,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     logger.log({"perf/startup_s": ctx.startup_seconds()}, step=progress["env_steps"])
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
     metrics: dict[str, float] = {}
+    evaluator = _Evaluator(spec, ctx)
     faults = _FaultRecorder(ctx) if spec.resources.env_runners else None
     if faults is not None and spec.fault_tolerance.hang_timeout_s:
         faults.watchdog = _HangWatchdog(algo, spec.fault_tolerance.hang_timeout_s)
@@ -183,10 +184,12 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             metrics["train/iteration"] = progress["iteration"]
             if faults is not None:
                 metrics.update(faults.record(result))
-            last_time, last_steps = now, steps
+            done = _should_stop(spec, progress, metrics, now - started)
+            if done or progress["iteration"] % spec.evaluation.every_iterations == 0:
+                metrics.update(evaluator.run(algo, steps, final=done))
+            last_time, last_steps = time.monotonic(), steps
             logger.log(metrics, step=steps)
             ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)
-            done = _should_stop(spec, progress, metrics, now - started)
             saved = None
             if done or progress["iteration"] % spec.checkpoint.every_iterations == 0:
                 saved = _save(algo, root, progress, spec.checkpoint.keep)
@@ -197,6 +200,31 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
         if faults is not None and faults.watchdog is not None:
             faults.watchdog.stop()
         algo.stop()
+
+
+class _Evaluator:
+    """Periodic evaluation episodes in the driver (see trainyard.agents.evaluate), with a GIF
+    of one episode logged to MLflow every `evaluation.video_every` evaluations and at the end."""
+
+    def __init__(self, spec: "RLJob", ctx: "RunContext"):
+        self.spec, self.ctx, self.count = spec, ctx, 0
+
+    def run(self, algo, steps: int, final: bool) -> dict[str, float]:
+        from trainyard.agents.evaluate import play, write_gif
+
+        config = self.spec.evaluation
+        self.count += 1
+        record = config.video and (final or (config.video_every > 0
+                                             and self.count % config.video_every == 0))
+        started = time.monotonic()
+        result = play(algo.get_module(), self.spec.agent.env, config.episodes, config.epsilon,
+                      config.max_steps, seed=10_000 * self.ctx.seed + self.count, record=record)
+        metrics = {**result.metrics(), "perf/eval_s": time.monotonic() - started}
+        if result.frames:
+            with tempfile.TemporaryDirectory() as tmp:
+                gif = write_gif(result.frames, Path(tmp, f"eval_{steps:010d}_steps.gif"))
+                tracking.log_artifact(self.ctx.run, gif, "videos")
+        return metrics
 
 
 class _FaultRecorder:
@@ -271,3 +299,39 @@ def _should_stop(spec: "RLJob", progress: dict, metrics: dict, elapsed_s: float)
         or (stop.minutes and elapsed_s >= 60 * stop.minutes)
         or (stop.return_target is not None
             and metrics.get("train/return_mean", float("-inf")) >= stop.return_target))
+
+
+def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon: float,
+                 video: Path | None) -> dict[str, float]:
+    """`trainyard eval`: play a run's latest checkpoint; print the returns, maybe a GIF."""
+    from ray.tune.registry import register_env
+
+    from trainyard.agents.envs import rllib_env_creator
+    from trainyard.agents.evaluate import play, write_gif
+    from trainyard.spec import UserInputError
+
+    found = checkpoints.latest_valid(storage)
+    if found is None:
+        raise UserInputError(f"no checkpoint under {storage}: the run saved none yet (it saves "
+                             "every checkpoint.every_iterations and at the end)")
+    folder, progress = found
+    _quiet_rllib()
+    register_env(spec.agent.env, rllib_env_creator(spec.agent.env))
+    local = spec.model_copy(update={"resources": spec.resources.model_copy(
+        update={"env_runners": 0, "learners": 0})})  # playing needs no remote actors
+    algo = build_config(local, seed).build_algo()
+    try:
+        _refuse_pickles(folder)
+        algo.restore_from_path(str(folder))
+        result = play(algo.get_module(), spec.agent.env, episodes, epsilon,
+                      spec.evaluation.max_steps, seed=seed, record=video is not None)
+    finally:
+        algo.stop()
+    metrics = result.metrics()
+    print(f"{spec.agent.env}, checkpoint at {progress.get('env_steps', 0):,} env steps: "
+          f"{episodes} episodes, epsilon {epsilon:g}: return {metrics['eval/return_mean']:.2f} "
+          f"+- {metrics['eval/return_std']:.2f} (min {min(result.returns):g}, max "
+          f"{max(result.returns):g}), length {metrics['eval/episode_len_mean']:.0f}")
+    if video is not None and result.frames:
+        print(f"video of the first episode: {write_gif(result.frames, video)}")
+    return metrics

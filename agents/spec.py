@@ -110,12 +110,27 @@ class DQNAgent(Section):
         return layers
 
 
+class RLEvaluation(Section):
+    """Evaluation episodes: full episodes, unclipped rewards, a small exploration rate."""
+
+    every_iterations: int = Field(10, ge=1, description="evaluate every N training iterations "
+                                  "(and at the end)")
+    episodes: int = Field(5, ge=1, description="episodes per evaluation")
+    epsilon: float = Field(0.05, ge=0, le=1, description="chance of a random action")
+    max_steps: Count = Field(27_000, ge=1, description="steps after which an evaluation "
+                             "episode is cut (27k agent steps = Atari's 30 minutes)")
+    video_every: int = Field(5, ge=0, description="record one episode as a GIF every N "
+                             "evaluations (and at the end); 0: only at the end")
+    video: bool = Field(True, description="record evaluation GIFs at all")
+
+
 class RLJob(JobBase):
     kind: Literal["rl"] = Field(..., description="a reinforcement-learning job")
     resources: RLResources = Field(default_factory=RLResources)
     stop: RLStop = Field(default_factory=RLStop)
     checkpoint: RLCheckpoint = Field(default_factory=RLCheckpoint)
     fault_tolerance: RLFaultTolerance = Field(default_factory=RLFaultTolerance)
+    evaluation: RLEvaluation = Field(default_factory=RLEvaluation)
     agent: DQNAgent
 
     @model_validator(mode="after")

@@ -4,6 +4,7 @@
     trainyard run JOB.yaml [-o ...] [--seed N] [--address HOST:PORT]
     trainyard sweep JOB.yaml [-o ...] [--address ...]
     trainyard resume RUN_ID [--address ...]
+    trainyard eval RUN_ID [--episodes N] [--epsilon E] [--video [GIF]]
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
     trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
     trainyard ui [--port 5000]
@@ -80,6 +81,17 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stop", help="stop a cluster job")
     p.add_argument("job_id")
     p.add_argument("--address", default=None)
+
+    p = sub.add_parser("eval", help="play a finished or running RL run's latest checkpoint")
+    p.add_argument("run_id")
+    p.add_argument("--episodes", type=int, default=None,
+                   help="episodes to play (default: the job's evaluation.episodes)")
+    p.add_argument("--epsilon", type=float, default=None,
+                   help="chance of a random action (default: the job's evaluation.epsilon)")
+    p.add_argument("--video", nargs="?", const="", default=None, metavar="GIF",
+                   help="record the first episode (default file: eval-<run id>.gif)")
+    p.add_argument("--tracking-uri", default=None)
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
 
     p = sub.add_parser("ui", help="open the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--tracking-uri", default=None)
@@ -242,6 +254,33 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from trainyard import launcher, runs
+
+    if args.episodes is not None and args.episodes < 1:
+        return _fail("--episodes must be at least 1", BAD_INPUT)
+    if args.epsilon is not None and not 0 <= args.epsilon <= 1:
+        return _fail("--epsilon must be between 0 and 1", BAD_INPUT)
+    try:
+        loaded, _, info = runs.load_for_resume(args.run_id, args.tracking_uri)
+    except SpecError:
+        raise
+    except Exception as err:  # MLflow raises its own exception types for unknown run ids
+        return _fail(f"cannot read run {args.run_id!r}: {str(err).splitlines()[0]}. Check the "
+                     "run id (trainyard ui lists runs) and --tracking-uri.", BAD_INPUT)
+    spec = loaded.spec
+    evaluate = get_workload(spec.kind).evaluate
+    if evaluate is None:
+        return _fail(f"run {args.run_id} is a {spec.kind} job: trainyard eval plays RL agents; "
+                     "its test metrics are in MLflow already", BAD_INPUT)
+    video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
+    with launcher.ray_session(args.address, spec.resources.cpus, None):
+        evaluate(spec, info, args.episodes, args.epsilon, video)
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from trainyard import tracking
 
@@ -267,6 +306,7 @@ COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "
             "submit": _cmd_submit, "jobs": _cmd_jobs, "logs": _cmd_logs, "stop": _cmd_stop}
 COMMANDS["compare"] = _cmd_compare
 COMMANDS["sweep"] = _cmd_sweep
+COMMANDS["eval"] = _cmd_eval
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -34,7 +34,8 @@ class ProgressChannel:
 def format_line(prefix: str, label: str, metrics: dict[str, float], headline: str,
                 elapsed_s: float) -> str:
     parts = [f"{prefix} {label}"]
-    keys = [headline] + [k for k in ("train/loss", "val/loss") if k != headline]
+    keys = [headline] + [k for k in ("train/return_mean", "train/loss", "val/loss")
+                         if k != headline]
     for key in keys:
         if key in metrics:
             parts.append(f"{key} {metrics[key]:.4g}")

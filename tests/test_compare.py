@@ -86,12 +86,12 @@ def test_mixed_kinds_get_each_kinds_headline_metric(store_uri, capsys):
     sup = _make_run(store_uri, "mixed", "cnn", "supervised", {"kind": "supervised"},
                     {"val/accuracy": [(5, 0.9)]})
     rl = _make_run(store_uri, "mixed", "dqn", "rl", {"kind": "rl", "agent.env": "CartPole-v1"},
-                   {"train/return_mean": [(1000, 20.0), (2000, 180.0), (3000, 150.0)]})
+                   {"eval/return_mean": [(1000, 20.0), (2000, 180.0), (3000, 150.0)]})
     assert main(["compare", sup, rl, "--tracking-uri", store_uri]) == 0
     rows = _rows(capsys.readouterr().out)
     assert rows["run"][4:] == ["agent.env", "kind", "val/accuracy final",
-                               "val/accuracy best (max)", "train/return_mean final",
-                               "train/return_mean best (max)"]
+                               "val/accuracy best (max)", "eval/return_mean final",
+                               "eval/return_mean best (max)"]
     assert rows["cnn"][4:] == ["-", "supervised", "0.9", "0.9", "-", "-"]
     assert rows["dqn"][4:] == ["CartPole-v1", "rl", "-", "-", "150", "180"]
 

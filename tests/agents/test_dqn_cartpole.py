@@ -20,3 +20,8 @@ def test_dqn_learns_cartpole_in_20k_steps(workdir, store_uri):
     assert max(m.value for m in history) >= 150  # measured: ~200 after 10k steps
     assert history[-1].step >= 20_000
     assert run.data.metrics["perf/env_steps_per_s"] > 50
+    # evaluated greedily every 10 iterations and at the end, with a GIF of the last episode
+    evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
+    assert len(evals) >= 2 and max(m.value for m in evals) >= 150
+    videos = [a.path for a in client.list_artifacts(run.info.run_id, "videos")]
+    assert videos and all(v.endswith(".gif") for v in videos)

@@ -1,0 +1,94 @@
+"""Evaluation episodes: the agent plays full episodes of its env with a small epsilon, on the
+env's own (unclipped) rewards, optionally recorded as a GIF.
+
+Used during training (every `evaluation.every_iterations`) and by `trainyard eval RUN_ID`.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+# gymnasium draws the control tasks with pygame, which would look for a sound card
+os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
+os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
+
+#: frames kept in one GIF (at most; longer episodes are subsampled)
+MAX_GIF_FRAMES = 400
+
+
+@dataclass
+class EvalResult:
+    returns: list[float]
+    lengths: list[int]
+    frames: list[np.ndarray] = field(default_factory=list)
+
+    def metrics(self) -> dict[str, float]:
+        return {"eval/return_mean": statistics.fmean(self.returns),
+                "eval/return_std": statistics.pstdev(self.returns),
+                "eval/return_max": max(self.returns),
+                "eval/episode_len_mean": statistics.fmean(self.lengths)}
+
+
+def _frame(env, obs: np.ndarray) -> np.ndarray:
+    """An RGB uint8 picture of the env now; small grids (MinAtar) are scaled up."""
+    picture = np.asarray(env.render())
+    if picture.dtype != np.uint8:
+        picture = (np.clip(picture, 0.0, 1.0) * 255).astype(np.uint8)
+    if picture.shape[0] < 64:
+        scale = 64 // picture.shape[0] + 1
+        picture = picture.repeat(scale, axis=0).repeat(scale, axis=1)
+    return picture
+
+
+def greedy_actions(module, obs: np.ndarray) -> int:
+    """The Q-network's best action for one observation."""
+    import torch
+
+    with torch.no_grad():
+        batch = {"obs": torch.as_tensor(np.asarray(obs, dtype=np.float32)[None])}
+        return int(module.forward_inference(batch)["actions"][0])
+
+
+def play(module, env_id: str, episodes: int, epsilon: float, max_steps: int, seed: int,
+         record: bool = False) -> EvalResult:
+    """Play `episodes` full episodes; record the first one's frames when `record`."""
+    from trainyard.agents.envs import rllib_env_creator
+
+    env = rllib_env_creator(env_id)({"render_mode": "rgb_array"} if record else {})
+    rng = np.random.default_rng(seed)
+    result = EvalResult([], [])
+    try:
+        for episode in range(episodes):
+            obs, _ = env.reset(seed=seed + episode)
+            total, steps, done = 0.0, 0, False
+            while not done and steps < max_steps:
+                if record and episode == 0:
+                    result.frames.append(_frame(env, obs))
+                action = (int(env.action_space.sample()) if rng.random() < epsilon
+                          else greedy_actions(module, obs))
+                obs, reward, terminated, truncated, _ = env.step(action)
+                total, steps = total + float(reward), steps + 1
+                done = terminated or truncated
+            result.returns.append(total)
+            result.lengths.append(steps)
+    finally:
+        env.close()
+    return result
+
+
+def write_gif(frames: list[np.ndarray], path: Path, fps: int = 25) -> Path:
+    """The frames as an animated GIF (subsampled to at most MAX_GIF_FRAMES)."""
+    from PIL import Image
+
+    step = max(1, -(-len(frames) // MAX_GIF_FRAMES))
+    images = [Image.fromarray(f) for f in frames[::step]]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                   duration=int(1000 * step / fps))
+    return path
