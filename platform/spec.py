@@ -107,6 +107,9 @@ class Sweep(Section):
     perturbation_interval: int = Field(
         4, ge=1, description="PBT: reports between exploit/explore steps (trials checkpoint "
         "this often)")
+    pbt_synch: bool = Field(
+        False, description="PBT: wait for the whole population at each perturbation (every "
+        "trial must fit at once) instead of perturbing each trial as it gets there")
     space: dict[str, str] = Field(
         default_factory=dict,
         description="dotted spec path -> uniform(a, b) | loguniform(a, b) | randint(a, b) | "

@@ -228,7 +228,7 @@ def _search(spec: JobBase, setup: TrialSetup):
         scheduler = PopulationBasedTraining(
             time_attr="training_iteration", perturbation_interval=sweep.perturbation_interval,
             hyperparam_mutations={p: _mutation(e) for p, e in exprs.items()},
-            synch=False)
+            synch=sweep.pbt_synch)
     return param_space, search_alg, scheduler, num_samples
 
 
