@@ -170,16 +170,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         return sweep.run_sweep(loaded)
 
 
+def _read_run(args: argparse.Namespace, verb: str):
+    """A run's spec, reference and tags (`runs.load_for_resume`); ValueError saying what to
+    check when the store has no such run. A bad job.yaml stays a SpecError."""
+    from trainyard import runs
+
+    try:
+        return runs.load_for_resume(args.run_id, args.tracking_uri)
+    except SpecError:
+        raise
+    except Exception as err:  # MLflow raises its own exception types for unknown run ids
+        raise ValueError(f"cannot {verb} run {args.run_id!r}: {str(err).splitlines()[0]}. Check "
+                         "the run id (trainyard ui lists runs) and --tracking-uri.") from None
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from trainyard import runs
 
     try:
-        loaded, ref, info = runs.load_for_resume(args.run_id, args.tracking_uri)
-    except SpecError:
-        raise
-    except Exception as err:  # MLflow raises its own exception types for unknown run ids
-        return _fail(f"cannot resume run {args.run_id!r}: {str(err).splitlines()[0]}. Check the "
-                     "run id (trainyard ui lists runs) and --tracking-uri.", BAD_INPUT)
+        loaded, ref, info = _read_run(args, "resume")
+    except ValueError as err:
+        return _fail(str(err), BAD_INPUT)
     if info["status"] == "FINISHED":
         return _fail(f"run {args.run_id} already finished; start a new one with trainyard run",
                      BAD_INPUT)
@@ -257,19 +268,16 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from trainyard import launcher, runs
+    from trainyard import launcher
 
     if args.episodes is not None and args.episodes < 1:
         return _fail("--episodes must be at least 1", BAD_INPUT)
     if args.epsilon is not None and not 0 <= args.epsilon <= 1:
         return _fail("--epsilon must be between 0 and 1", BAD_INPUT)
     try:
-        loaded, _, info = runs.load_for_resume(args.run_id, args.tracking_uri)
-    except SpecError:
-        raise
-    except Exception as err:  # MLflow raises its own exception types for unknown run ids
-        return _fail(f"cannot read run {args.run_id!r}: {str(err).splitlines()[0]}. Check the "
-                     "run id (trainyard ui lists runs) and --tracking-uri.", BAD_INPUT)
+        loaded, _, info = _read_run(args, "read")
+    except ValueError as err:
+        return _fail(str(err), BAD_INPUT)
     spec = loaded.spec
     evaluate = get_workload(spec.kind).evaluate
     if evaluate is None:

@@ -7,7 +7,6 @@ override values are parsed as YAML scalars or flow collections.
 
 from __future__ import annotations
 
-import copy
 import difflib
 import re
 import typing
@@ -250,7 +249,7 @@ def _check_sweep_space(spec: JobBase, model: type[BaseModel], name: str,
                        lines: dict[Loc, int]) -> list[str]:
     """Each swept path must name a field of this job, and every value the sweep can try
     (a choice, a grid point, a range's ends) must be valid there."""
-    from trainyard.spec import flatten
+    from trainyard.spec import flatten, with_values
     from trainyard.sweep_space import parse_space_expr, values_to_check
 
     resolved = spec.model_dump(mode="json")
@@ -270,14 +269,8 @@ def _check_sweep_space(spec: JobBase, model: type[BaseModel], name: str,
                             "give the dotted path of a field, e.g. train.lr or agent.gamma")
             continue
         for value in values_to_check(parse_space_expr(expr)):
-            trial = copy.deepcopy(resolved)
-            node = trial
-            *parents, last = path.split(".")
-            for key in parents:
-                node = node[key]
-            node[last] = value
             try:
-                model.model_validate(trial)
+                model.model_validate(with_values(resolved, {path: value}))
             except ValidationError as err:
                 first = err.errors()[0]
                 message = first["msg"].removeprefix("Value error, ")

@@ -190,3 +190,18 @@ def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
             flat.update(flatten(value, f"{prefix}{key}."))
         return flat
     return {prefix[:-1]: data}
+
+
+def with_values(data: dict, values: dict[str, Any]) -> dict:
+    """A deep copy of `data` with each dotted path in `values` set: the inverse of `flatten`
+    for the paths given (their parent sections must exist)."""
+    import copy
+
+    result = copy.deepcopy(data)
+    for path, value in values.items():
+        *parents, last = path.split(".")
+        node = result
+        for key in parents:
+            node = node[key]
+        node[last] = value
+    return result

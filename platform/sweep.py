@@ -16,7 +16,6 @@ per seed, so the summary can give mean +- std per configuration.
 
 from __future__ import annotations
 
-import copy
 import csv
 import itertools
 import json
@@ -36,7 +35,7 @@ import yaml
 
 from trainyard import tracking
 from trainyard.loader import LoadedSpec, dump_spec, validate_data
-from trainyard.spec import JobBase, UserInputError, flatten
+from trainyard.spec import JobBase, UserInputError, flatten, with_values
 from trainyard.sweep_space import SpaceExpr, parse_space_expr, to_tune
 from trainyard.tracking import TAG, RunRef
 
@@ -77,13 +76,7 @@ def seed_of(config: dict, setup: TrialSetup) -> int:
 
 def trial_spec(setup: TrialSetup, values: dict[str, Any], seed: int, source: str) -> JobBase:
     """The job one trial runs: the base spec with the swept values and a single seed."""
-    data = copy.deepcopy(setup.base)
-    for path, value in values.items():
-        node = data
-        *parents, last = path.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = value
+    data = with_values(setup.base, values)
     data["seeds"] = [seed]
     if setup.checkpoint_every:
         for key in data["checkpoint"]:
@@ -546,13 +539,7 @@ def summarise(rows: list[dict], setup: TrialSetup, spec: JobBase, wall: float,
 
 def best_job_yaml(setup: TrialSetup, spec: JobBase, best: dict) -> str:
     """The best configuration as a job file: `trainyard run best.yaml` reproduces it."""
-    data = copy.deepcopy(setup.base)
-    for path in setup.paths:
-        node = data
-        *parents, last = path.split(".")
-        for key in parents:
-            node = node[key]
-        node[last] = best[path]
+    data = with_values(setup.base, {path: best[path] for path in setup.paths})
     header = (f"# Best configuration of sweep {setup.parent_id} ({spec.sweep.metric} "
               f"{best['mean']:.6g} +- {best['std']:.2g} over {best['scored']} seed(s)).\n"
               f"#   trainyard run best.yaml\n")
