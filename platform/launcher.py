@@ -18,6 +18,11 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # poll: with short epochs (the digits demo: 0.3 s) the wait was 85% of the run. Polling at
 # 0.25 s costs the controller next to nothing. Set before ray.init so Ray's processes inherit it.
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
+# Ray starts its workers at nice 15, below its own daemons and everything else on the machine.
+# On a box with few cores the training workers then lose time slices to every other process:
+# a bare Ray actor ran the digits loop at 0.93x the same loop in the driver, 0.98x at nice 0
+# (tests/benchmarks/bench_supervised.py). The workers are the job; give them normal priority.
+os.environ.setdefault("RAY_worker_niceness", "0")
 
 
 class ResourceError(RuntimeError):
