@@ -7,7 +7,14 @@ is an error that lists the closest known ids.
 from __future__ import annotations
 
 import difflib
+import re
 from functools import cache, partial
+
+from pydantic import Field
+
+from trainyard.spec import Section
+
+SCREEN = 84  # Atari frames are SCREEN x SCREEN grayscale
 
 
 @cache
@@ -27,6 +34,36 @@ def known_env_ids() -> frozenset[str]:
     except ImportError:
         pass
     return frozenset(gym.envs.registry)
+
+
+def is_atari(env_id: str) -> bool:
+    return env_id.startswith("ALE/")
+
+
+def rom_name(env_id: str) -> str:
+    """'ALE/SpaceInvaders-v5' -> 'space_invaders' (ale-py's ROM id)."""
+    game = env_id.split("/", 1)[1].rsplit("-v", 1)[0]
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", game).lower()
+
+
+class AtariSettings(Section):
+    """The DQN preprocessing of ALE games (Mnih et al. 2015; Machado et al. 2018 for sticky
+    actions). Used for `ALE/...` envs only."""
+
+    frame_skip: int = Field(4, ge=1, description="emulator frames per agent step (the last "
+                            "two max-pooled)")
+    frame_stack: int = Field(4, ge=1, description="frames the Q-network sees at once")
+    noop_max: int = Field(30, ge=0, description="up to this many no-op steps after a reset")
+    sticky_actions: float = Field(0.0, ge=0, lt=1, description="chance the emulator repeats "
+                                  "the previous action (0: the Nature recipe; 0.25: ALE v5)")
+    terminal_on_life_loss: bool = Field(True, description="end a training episode when a "
+                                        "life is lost (evaluation plays whole games)")
+    clip_rewards: bool = Field(True, description="train on the reward's sign (evaluation "
+                               "reports the game's own score)")
+    fire_reset: bool = Field(True, description="press FIRE after a reset in games that need "
+                             "it to start")
+    max_episode_steps: int = Field(27_000, ge=1, description="agent steps after which a "
+                                   "training episode is cut (27k = 30 minutes of play)")
 
 
 def is_minatar(env_id: str) -> bool:
@@ -75,3 +112,23 @@ def rllib_env_creator(env_id: str):
 
     known_env_ids()  # registers the Atari ids
     return partial(_make_from_spec, gym.spec(env_id))
+
+
+def make_eval_env(agent, render: bool = False):
+    """The env evaluation plays: whole episodes on the game's own rewards. Atari games through
+    Gymnasium's wrappers with the training preprocessing (stacked frames, rendered screens);
+    any other env as training builds it."""
+    if is_atari(agent.env):
+        from trainyard.agents.atari import make_single_env
+
+        return make_single_env(agent.env, agent.atari, training=False, stack=True, render=render)
+    return rllib_env_creator(agent.env)({"render_mode": "rgb_array"} if render else {})
+
+
+def make_env_creator(agent):
+    """What `register_env` gets for the spec's env (remote env runners build it from this)."""
+    if is_atari(agent.env):
+        from trainyard.agents.atari import rllib_creator
+
+        return rllib_creator(agent.env, agent.atari)
+    return rllib_env_creator(agent.env)

@@ -55,12 +55,13 @@ def greedy_actions(module, obs: np.ndarray) -> int:
         return int(module.forward_inference(batch)["actions"][0])
 
 
-def play(module, env_id: str, episodes: int, epsilon: float, max_steps: int, seed: int,
+def play(module, agent, episodes: int, epsilon: float, max_steps: int, seed: int,
          record: bool = False) -> EvalResult:
-    """Play `episodes` full episodes; record the first one's frames when `record`."""
-    from trainyard.agents.envs import rllib_env_creator
+    """Play `episodes` full episodes of the agent spec's env; record the first one's frames
+    when `record`."""
+    from trainyard.agents.envs import make_eval_env
 
-    env = rllib_env_creator(env_id)({"render_mode": "rgb_array"} if record else {})
+    env = make_eval_env(agent, render=record)
     rng = np.random.default_rng(seed)
     result = EvalResult([], [])
     try:

@@ -68,9 +68,13 @@ def build_config(spec: "RLJob", seed: int):
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
+    from trainyard.agents.envs import is_atari
+    from trainyard.agents.learner import DQNLearner
+
     agent, res, faults = spec.agent, spec.resources, spec.fault_tolerance
-    replay = "PrioritizedEpisodeReplayBuffer" if agent.prioritized_replay else "EpisodeReplayBuffer"
-    return (
+    replay = {"type": "PrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
+              else "EpisodeReplayBuffer", "capacity": agent.replay_capacity}
+    config = (
         DQNConfig()
         .environment(agent.env)
         .env_runners(num_env_runners=res.env_runners,
@@ -92,10 +96,40 @@ def build_config(spec: "RLJob", seed: int):
                   num_steps_sampled_before_learning_starts=agent.learning_starts,
                   epsilon=[(0, agent.epsilon_start), (agent.epsilon_steps, agent.epsilon_end)],
                   training_intensity=agent.training_intensity,
-                  replay_buffer_config={"type": replay, "capacity": agent.replay_capacity})
+                  replay_buffer_config=replay)
+        .learners(learner_class=DQNLearner,
+                  learner_config_dict={"optimizer": agent.optimizer,
+                                       "optimizer_eps": agent.optimizer_eps,
+                                       "rmsprop_decay": agent.rmsprop_decay})
+        .framework(torch_skip_nan_gradients=True)  # DQNLearner checks them, once
         .rl_module(model_config=_model_config(agent, DefaultModelConfig))
         .debugging(seed=seed)
     )
+    if is_atari(agent.env):
+        _atari(config, agent)
+    return config
+
+
+def _atari(config, agent) -> None:
+    """ALE games: ale-py's vector env hands out single frames; they are stacked for acting
+    (an env-to-module connector) and for learning (the replay buffer), never stored stacked."""
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from trainyard.agents.atari import AtariQModule, StackFrames
+
+    k = agent.atari.frame_stack
+    config.env_runners(gym_env_vectorize_mode="vector_entry_point",
+                       env_to_module_connector=lambda env, spaces=None, device=None:
+                       StackFrames(num_frames=k),
+                       episode_lookback_horizon=k)
+    # by dotted name: RLlib tells episode buffers from the old stack's by "EpisodeReplayBuffer"
+    # in the type's name
+    config.training(replay_buffer_config={
+        "type": "trainyard.agents.atari.FrameStackEpisodeReplayBuffer",
+        "capacity": agent.replay_capacity, "num_frames": k})
+    config.rl_module(rl_module_spec=RLModuleSpec(
+        module_class=AtariQModule, model_config=_model_config(agent, DefaultModelConfig)))
 
 
 def _model_config(agent, model_config_class):
@@ -107,7 +141,9 @@ def _model_config(agent, model_config_class):
                                   NATURE_CNN if agent.env.startswith("ALE/") else None)
     if conv is None:
         return model_config_class(fcnet_hiddens=list(agent.hidden))
-    return model_config_class(conv_filters=[list(layer) for layer in conv],
+    # unpadded ("valid") convolutions, as in both papers: 84 -> 20 -> 9 -> 7 on Atari, 10 -> 8
+    # on MinAtar (RLlib pads to "same" by default: 2.5x the features into the Q head)
+    return model_config_class(conv_filters=[[*layer, "valid"] for layer in conv],
                               head_fcnet_hiddens=list(agent.hidden))
 
 
@@ -153,11 +189,11 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     """Train until a stop condition; return the last metrics."""
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import rllib_env_creator
+    from trainyard.agents.envs import make_env_creator
 
     root = Path(ctx.storage_path) / ctx.storage_name
     _quiet_rllib()
-    register_env(spec.agent.env, rllib_env_creator(spec.agent.env))  # for remote env runners
+    register_env(spec.agent.env, make_env_creator(spec.agent))  # for remote env runners too
     algo = build_config(spec, ctx.seed).build_algo()
     progress = _restore(algo, ctx, root) or {"iteration": 0, "env_steps": 0, "seconds": 0.0}
     logger = ctx.logger()
@@ -217,7 +253,7 @@ class _Evaluator:
         record = config.video and (final or (config.video_every > 0
                                              and self.count % config.video_every == 0))
         started = time.monotonic()
-        result = play(algo.get_module(), self.spec.agent.env, config.episodes, config.epsilon,
+        result = play(algo.get_module(), self.spec.agent, config.episodes, config.epsilon,
                       config.max_steps, seed=10_000 * self.ctx.seed + self.count, record=record)
         metrics = {**result.metrics(), "perf/eval_s": time.monotonic() - started}
         if result.frames:
@@ -306,7 +342,7 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
     """`trainyard eval`: play a run's latest checkpoint; print the returns, maybe a GIF."""
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import rllib_env_creator
+    from trainyard.agents.envs import make_env_creator
     from trainyard.agents.evaluate import play, write_gif
     from trainyard.spec import UserInputError
 
@@ -316,14 +352,14 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
                              "every checkpoint.every_iterations and at the end)")
     folder, progress = found
     _quiet_rllib()
-    register_env(spec.agent.env, rllib_env_creator(spec.agent.env))
+    register_env(spec.agent.env, make_env_creator(spec.agent))
     local = spec.model_copy(update={"resources": spec.resources.model_copy(
         update={"env_runners": 0, "learners": 0})})  # playing needs no remote actors
     algo = build_config(local, seed).build_algo()
     try:
         _refuse_pickles(folder)
         algo.restore_from_path(str(folder))
-        result = play(algo.get_module(), spec.agent.env, episodes, epsilon,
+        result = play(algo.get_module(), spec.agent, episodes, epsilon,
                       spec.evaluation.max_steps, seed=seed, record=video is not None)
     finally:
         algo.stop()

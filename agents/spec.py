@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from trainyard.agents.envs import check_env_id
+from trainyard.agents.envs import AtariSettings, check_env_id, is_atari
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 
 ALGOS = ("dqn",)
@@ -73,7 +73,13 @@ class DQNAgent(Section):
 
     algo: Literal[ALGOS] = Field("dqn", description="algorithm: " + ", ".join(ALGOS))
     env: str = Field(..., description="Gymnasium env id, e.g. CartPole-v1 or ALE/Pong-v5")
-    lr: float = Field(5e-4, gt=0, le=1, description="Adam learning rate")
+    lr: float = Field(5e-4, gt=0, le=1, description="learning rate")
+    optimizer: Literal["adam", "rmsprop"] = Field(
+        "adam", description="adam, or rmsprop (centered, as the Nature DQN paper trained)")
+    optimizer_eps: float = Field(1e-8, gt=0, description="the optimizer's epsilon (Adam "
+                                 "1e-8 in torch, 1.5e-4 in Dopamine; RMSProp 0.01 in Nature)")
+    rmsprop_decay: float = Field(0.95, gt=0, lt=1, description="RMSProp's squared-gradient "
+                                 "decay (Nature: 0.95)")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
     batch_size: int = Field(32, ge=1, description="transitions per gradient update")
     n_step: int = Field(1, ge=1, description="n-step returns")
@@ -93,12 +99,35 @@ class DQNAgent(Section):
     epsilon_steps: Count = Field(10_000, ge=1, description="env steps of linear epsilon decay")
     rollout_fragment_length: int = Field(4, ge=1, description="env steps per sample call")
     training_intensity: float | None = Field(
-        None, gt=0, description="replayed / sampled transitions ratio (None: RLlib default)")
+        None, gt=0, description="replayed / sampled transitions ratio (None: RLlib default; "
+        "the Nature recipe's one batch of 32 per 4 env steps is 8)")
+    atari: AtariSettings = Field(default_factory=AtariSettings,
+                                 description="frame preprocessing of ALE/ games")
 
     @field_validator("env")
     @classmethod
     def _known_env(cls, env: str) -> str:
         return check_env_id(env)
+
+    @model_validator(mode="after")
+    def _fragment_holds_n_step(self) -> "DQNAgent":
+        if self.rollout_fragment_length < self.n_step:
+            raise ValueError(f"agent.rollout_fragment_length ({self.rollout_fragment_length}) "
+                             f"must be at least agent.n_step ({self.n_step}): RLlib builds "
+                             "n-step returns within one sampled fragment")
+        return self
+
+    @model_validator(mode="after")
+    def _atari_replay(self) -> "DQNAgent":
+        if not is_atari(self.env) or not self.prioritized_replay:
+            return self
+        if "prioritized_replay" not in self.model_fields_set:  # the default: uniform here
+            self.prioritized_replay = False
+            return self
+        raise ValueError(
+            f"agent.prioritized_replay: {self.env} stores each frame once in a uniform replay "
+            "(1M transitions in ~7 GB); prioritized replay of stacked frames is not supported "
+            "yet; set agent.prioritized_replay: false")
 
     @field_validator("conv_filters")
     @classmethod

@@ -31,14 +31,15 @@ def test_q_network_is_a_conv_stack_for_frames_and_an_mlp_for_vectors():
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
     minatar = _model_config(DQNAgent(env="MinAtar/Breakout-v1", hidden=[128]), DefaultModelConfig)
-    assert minatar.conv_filters == MINATAR_CNN and minatar.head_fcnet_hiddens == [128]
+    valid = [[*layer, "valid"] for layer in MINATAR_CNN]  # unpadded, as in the paper
+    assert minatar.conv_filters == valid and minatar.head_fcnet_hiddens == [128]
     atari = _model_config(DQNAgent(env="ALE/Pong-v5", hidden=[512]), DefaultModelConfig)
-    assert atari.conv_filters == NATURE_CNN
+    assert atari.conv_filters == [[*layer, "valid"] for layer in NATURE_CNN]
     cartpole = _model_config(DQNAgent(env="CartPole-v1", hidden=[64, 64]), DefaultModelConfig)
     assert cartpole.conv_filters is None and cartpole.fcnet_hiddens == [64, 64]
     mine = _model_config(DQNAgent(env="MinAtar/Breakout-v1", conv_filters=[[8, 3, 1]]),
                          DefaultModelConfig)
-    assert mine.conv_filters == [[8, 3, 1]]
+    assert mine.conv_filters == [[8, 3, 1, "valid"]]
 
 
 def test_bad_conv_filters_are_refused():

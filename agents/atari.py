@@ -1,0 +1,204 @@
+"""Atari (ALE) games played the way the DQN papers play them, with each frame stored once.
+
+Training samples from ale-py's threaded C++ vector env (`AtariVectorEnv`), which does the
+standard preprocessing itself: no-op starts, frame skip with max-pooling of the last two frames,
+84x84 grayscale, terminal on life loss, reward clipping, FIRE on reset, sticky actions. It hands
+out *single* uint8 frames. The frames are stacked where they are used:
+
+- `StackFrames`, an env-to-module connector, stacks each episode's last k frames for the
+  Q-network when acting;
+- `FrameStackEpisodeReplayBuffer`, the replay buffer, keeps episodes of single frames (7 KiB a step, so the
+  Nature recipe's 1M transitions fit in ~7 GB) and stacks frames when it samples a batch;
+- `AtariQModule`, the Q-network, takes uint8 frames and scales them to [0, 1] itself.
+
+Evaluation plays full games (no life-loss terminal) on unclipped rewards through Gymnasium's
+`AtariPreprocessing` wrapper with the same settings, which can also render the screen.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
+from ray.rllib.connectors.connector_v2 import ConnectorV2
+from ray.rllib.core.columns import Columns
+from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
+from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
+
+from trainyard.agents.envs import SCREEN, AtariSettings, rom_name
+
+
+class _SingleFrames(gym.vector.VectorWrapper):
+    """(N, 1, 84, 84) -> (N, 84, 84) frames, and no per-step infos: RLlib keeps each step's
+    info with the episode, and the ALE's (lives, frame numbers) would be stored a million
+    times for nothing."""
+
+    def __init__(self, env):
+        super().__init__(env)
+        frame = gym.spaces.Box(0, 255, (SCREEN, SCREEN), np.uint8)
+        self.single_observation_space = frame
+        self.observation_space = gym.vector.utils.batch_space(frame, env.num_envs)
+
+    def reset(self, **kwargs):
+        obs, _ = self.env.reset(**kwargs)
+        return obs[:, 0], {}
+
+    def step(self, actions):
+        obs, rewards, terminated, truncated, _ = self.env.step(actions)
+        return obs[:, 0], rewards, terminated, truncated, {}
+
+
+def make_vector_env(env_id: str, settings: AtariSettings, num_envs: int, seed: int | None = None):
+    """The training env: `num_envs` games in ale-py's threaded vector env, single frames."""
+    import ale_py
+
+    env = ale_py.AtariVectorEnv(
+        game=rom_name(env_id), num_envs=num_envs, frameskip=settings.frame_skip,
+        img_height=SCREEN, img_width=SCREEN, grayscale=True, stack_num=1, maxpool=True,
+        noop_max=settings.noop_max, repeat_action_probability=settings.sticky_actions,
+        episodic_life=settings.terminal_on_life_loss, reward_clipping=settings.clip_rewards,
+        use_fire_reset=settings.fire_reset,
+        max_num_frames_per_episode=settings.max_episode_steps * settings.frame_skip,
+        autoreset_mode="NextStep")
+    return _SingleFrames(env)
+
+
+class _FireReset(gym.Wrapper):
+    """Press FIRE after each reset in games that wait for it (Breakout, ...)."""
+
+    def reset(self, **kwargs):
+        obs, info = self.env.reset(**kwargs)
+        obs, _, terminated, truncated, info = self.env.step(1)
+        if terminated or truncated:
+            obs, info = self.env.reset(**kwargs)
+        return obs, info
+
+
+def make_single_env(env_id: str, settings: AtariSettings, *, training: bool,
+                    stack: bool, render: bool = False) -> gym.Env:
+    """One game through Gymnasium's wrappers with the same preprocessing. Training: life-loss
+    terminals and clipped rewards as the spec says; evaluation (`training=False`): whole games,
+    the game's score. `stack`: observations are (84, 84, k) stacks, else single frames."""
+    from trainyard.agents.envs import known_env_ids
+
+    known_env_ids()  # registers the ALE ids
+    env = gym.make(env_id, frameskip=1, repeat_action_probability=settings.sticky_actions,
+                   max_episode_steps=settings.max_episode_steps * settings.frame_skip,
+                   render_mode="rgb_array" if render else None)
+    env = gym.wrappers.AtariPreprocessing(
+        env, noop_max=settings.noop_max, frame_skip=settings.frame_skip, screen_size=SCREEN,
+        terminal_on_life_loss=training and settings.terminal_on_life_loss,
+        grayscale_obs=True, scale_obs=False)
+    if settings.fire_reset and "FIRE" in env.unwrapped.get_action_meanings()[1:2]:
+        env = _FireReset(env)
+    if training and settings.clip_rewards:
+        env = gym.wrappers.TransformReward(env, lambda r: float(np.sign(r)))
+    if stack:
+        env = gym.wrappers.FrameStackObservation(env, settings.frame_stack)
+        space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, settings.frame_stack), np.uint8)
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: np.ascontiguousarray(np.moveaxis(np.asarray(obs), 0, -1)), space)
+    return env
+
+
+def rllib_creator(env_id: str, settings: AtariSettings):
+    """For `register_env`: RLlib asks for `num_envs` games at once (`vector_entry_point`)."""
+    def create(config: dict[str, Any]):
+        if "num_envs" in config:
+            return make_vector_env(env_id, settings, int(config["num_envs"]))
+        return make_single_env(env_id, settings, training=True, stack=False)
+    return create
+
+
+def stacked(frames: np.ndarray) -> np.ndarray:
+    """(k, 84, 84) -> (84, 84, k): the layout RLlib's conv encoder takes."""
+    return np.ascontiguousarray(np.moveaxis(frames, 0, -1))
+
+
+def stack_indices(t: int, k: int) -> list[int]:
+    """Indices of the k frames ending at t; before an episode's first frame, the first frame
+    again (what Gymnasium's FrameStackObservation does after a reset)."""
+    return [max(i, 0) for i in range(t - k + 1, t + 1)]
+
+
+class StackFrames(ConnectorV2):
+    """Env-to-module: each episode's last k frames, stacked, are what the Q-network sees."""
+
+    def __init__(self, input_observation_space=None, input_action_space=None, *,
+                 num_frames: int = 4, **kwargs):
+        self.num_frames = num_frames
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+
+    def recompute_output_observation_space(self, input_observation_space,
+                                           input_action_space):
+        return gym.spaces.Box(0, 255, (*input_observation_space.shape[:2], self.num_frames),
+                              np.uint8)
+
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None,
+                 **kwargs):
+        k = self.num_frames
+        for episode in self.single_agent_episode_iterator(episodes):
+            seen = episode.t + 1  # frames since the episode's reset (earlier chunks included)
+            frames = np.asarray(episode.get_observations(indices=slice(-min(k, seen), None)))
+            if len(frames) < k:
+                frames = np.concatenate([np.repeat(frames[:1], k - len(frames), 0), frames])
+            self.add_batch_item(batch, Columns.OBS, stacked(frames), episode)
+        return batch
+
+
+class FrameStackEpisodeReplayBuffer(EpisodeReplayBuffer):
+    """Uniform replay of episodes stored as single uint8 frames; a sampled transition's
+    observation and next observation are stacked from the stored frames.
+
+    RLlib's own sampler (`EpisodeReplayBuffer`) returns each transition as a 2-observation
+    episode, with no earlier frames to stack from; this one builds the same 2-observation
+    episodes with (84, 84, k) observations. n-step returns as RLlib computes them.
+    """
+
+    def __init__(self, capacity: int = 10000, *, num_frames: int = 4, **kwargs):
+        super().__init__(capacity, **kwargs)
+        self.num_frames = num_frames
+        self._space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, num_frames), np.uint8)
+
+    def sample(self, num_items: int | None = None, *, batch_size_B: int | None = None,
+               n_step: int | tuple | None = 1, gamma: float = 0.99, **kwargs):
+        size = num_items or batch_size_B or self.batch_size_B
+        out: list[SingleAgentEpisode] = []
+        k = self.num_frames
+        while len(out) < size:
+            index, t = self._indices[self.rng.integers(len(self._indices))]
+            episode = self.episodes[index - self._num_episodes_evicted]
+            n = n_step if isinstance(n_step, int) else int(self.rng.integers(*n_step))
+            n = min(n, len(episode) - t)
+            if n < 1:
+                continue
+            frames = np.asarray(episode.get_observations(indices=stack_indices(t + n, k + n)))
+            rewards = np.asarray(episode.get_rewards(indices=list(range(t, t + n))),
+                                 dtype=np.float64)
+            end = t + n == len(episode)
+            sample = SingleAgentEpisode(
+                id_=episode.id_, agent_id=episode.agent_id, module_id=episode.module_id,
+                observation_space=self._space, action_space=episode.action_space,
+                observations=[stacked(frames[:k]), stacked(frames[n:])],
+                actions=[episode.get_actions(t)],
+                rewards=[float(np.sum(rewards * gamma ** np.arange(n)))],
+                infos=[{}, {}], terminated=end and episode.is_terminated,
+                truncated=end and episode.is_truncated, t_started=t, len_lookback_buffer=0)
+            sample.extra_model_outputs["n_step"] = InfiniteLookbackBuffer(np.array([n]))
+            sample.extra_model_outputs["weights"] = InfiniteLookbackBuffer(np.ones(1))
+            out.append(sample)
+        self.sampled_timesteps += size
+        return out
+
+
+class AtariQModule(DefaultDQNTorchRLModule):
+    """RLlib's DQN Q-network (conv encoder, Q head; dueling and distributional as configured)
+    taking uint8 frames, scaled to [0, 1] on the way in (on the learner's device)."""
+
+    def _qf_forward_helper(self, batch, encoder, head):
+        scaled = {**batch, Columns.OBS: batch[Columns.OBS].float() / 255.0}
+        return super()._qf_forward_helper(scaled, encoder, head)

@@ -1,0 +1,118 @@
+"""Atari with each frame stored once: ale-py's vector env hands out single uint8 frames, the
+env-to-module connector and the replay buffer stack them, and the stacks match what a
+frame-stacking env would have given."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainyard.agents.envs import AtariSettings, make_eval_env, rom_name
+from trainyard.agents.spec import DQNAgent
+
+atari = pytest.importorskip("trainyard.agents.atari")
+
+
+def test_rom_names():
+    assert rom_name("ALE/Pong-v5") == "pong"
+    assert rom_name("ALE/SpaceInvaders-v5") == "space_invaders"
+
+
+def test_vector_env_gives_single_uint8_frames_and_no_infos():
+    env = atari.make_vector_env("ALE/Pong-v5", AtariSettings(), num_envs=2)
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (2, 84, 84) and obs.dtype == np.uint8 and info == {}
+    assert env.single_observation_space.shape == (84, 84)
+    obs, reward, terminated, truncated, info = env.step(np.array([0, 1]))
+    assert obs.shape == (2, 84, 84) and set(np.unique(reward)) <= {-1.0, 0.0, 1.0}
+    env.close()
+
+
+def test_stack_indices_repeat_the_first_frame_before_the_episode():
+    assert atari.stack_indices(0, 4) == [0, 0, 0, 0]
+    assert atari.stack_indices(2, 4) == [0, 0, 1, 2]
+    assert atari.stack_indices(9, 4) == [6, 7, 8, 9]
+
+
+def _episode(frames: int, terminated: bool = True):
+    """A stored episode whose frame i is filled with the value i; rewards 1, 2, 3, ..."""
+    import gymnasium as gym
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    obs = [np.full((84, 84), i % 256, np.uint8) for i in range(frames + 1)]
+    episode = SingleAgentEpisode(observations=obs, actions=list(range(frames)),
+                                 rewards=[float(i + 1) for i in range(frames)],
+                                 observation_space=space, action_space=gym.spaces.Discrete(6),
+                                 terminated=terminated, len_lookback_buffer=0)
+    return episode.to_numpy()
+
+
+def test_replay_stacks_frames_and_sums_n_step_rewards():
+    buffer = atari.FrameStackEpisodeReplayBuffer(capacity=1000, num_frames=4)
+    buffer.add([_episode(10)])
+    gamma = 0.5
+    for sample in buffer.sample(64, n_step=3, gamma=gamma):
+        t, n = sample.t_started, int(sample.extra_model_outputs["n_step"][0])
+        first, last = sample.get_observations(0), sample.get_observations(-1)
+        assert first.shape == (84, 84, 4) and first.dtype == np.uint8
+        assert list(first[0, 0]) == atari.stack_indices(t, 4)
+        assert list(last[0, 0]) == atari.stack_indices(t + n, 4)
+        assert n == min(3, 10 - t)
+        assert sample.get_rewards(0) == pytest.approx(
+            sum(gamma ** i * (t + i + 1) for i in range(n)))
+        assert sample.get_actions(0) == t
+        assert sample.is_terminated == (t + n == 10)
+
+
+def test_replay_keeps_each_frame_once():
+    """A stored step costs one 84x84 frame (7 KiB), not a stack: 1M steps fit in ~7 GB."""
+    buffer = atari.FrameStackEpisodeReplayBuffer(capacity=10_000, num_frames=4)
+    buffer.add([_episode(1000)])  # frames 0..255 repeat: only the bytes count here
+    stored = sum(np.asarray(e.get_observations(slice(None))).nbytes for e in buffer.episodes)
+    assert stored == 1001 * 84 * 84
+
+
+def test_connector_stacks_the_last_frames_of_running_episodes():
+    import gymnasium as gym
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    connector = atari.StackFrames(space, gym.spaces.Discrete(6), num_frames=4)
+    assert connector.observation_space.shape == (84, 84, 4)
+    young = SingleAgentEpisode(observations=[np.full((84, 84), 7, np.uint8)],
+                               observation_space=space, action_space=gym.spaces.Discrete(6),
+                               len_lookback_buffer=0)
+    old = SingleAgentEpisode(observations=[np.full((84, 84), i, np.uint8) for i in range(6)],
+                             actions=[0] * 5, rewards=[0.0] * 5, observation_space=space,
+                             action_space=gym.spaces.Discrete(6), len_lookback_buffer=0)
+    # the env runner hands on a running episode in chunks that look back k frames
+    chunk = old.cut(len_lookback_buffer=4)
+    chunk.add_env_step(np.full((84, 84), 6, np.uint8), 0, 0.0)
+    stacks = []
+    for episode in (young, old, chunk):
+        batch = connector(rl_module=None, batch={}, episodes=[episode])
+        # RLlib keys items by episode before batching them: {(episode id,): [stack]}
+        stacks.append(np.asarray(batch["obs"][(episode.id_,)][0]))
+    assert [list(s[0, 0]) for s in stacks] == [[7, 7, 7, 7], [2, 3, 4, 5], [3, 4, 5, 6]]
+
+
+def test_evaluation_env_plays_whole_games_on_the_real_score():
+    agent = DQNAgent(env="ALE/Pong-v5")
+    env = make_eval_env(agent, render=True)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (84, 84, 4) and obs.dtype == np.uint8
+    assert env.render().shape == (210, 160, 3)
+    env.close()
+
+
+def test_prioritized_replay_is_refused_for_atari_only_when_asked_for():
+    assert DQNAgent(env="ALE/Pong-v5").prioritized_replay is False
+    with pytest.raises(ValueError, match="agent.prioritized_replay"):
+        DQNAgent(env="ALE/Pong-v5", prioritized_replay=True)
+    assert DQNAgent(env="CartPole-v1").prioritized_replay is True
+
+
+def test_rollout_fragment_must_hold_n_step():
+    with pytest.raises(ValueError, match="rollout_fragment_length"):
+        DQNAgent(env="CartPole-v1", n_step=3, rollout_fragment_length=1)
