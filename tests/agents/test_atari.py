@@ -116,3 +116,32 @@ def test_prioritized_replay_is_refused_for_atari_only_when_asked_for():
 def test_rollout_fragment_must_hold_n_step():
     with pytest.raises(ValueError, match="rollout_fragment_length"):
         DQNAgent(env="CartPole-v1", n_step=3, rollout_fragment_length=1)
+
+
+@pytest.mark.slow
+def test_pong_run_trains_evaluates_whole_games_and_replays(workdir, store_uri, capsys):
+    """A short real Pong run: learning on stacked single frames, an evaluation game on the real
+    score with a GIF, and `trainyard eval` playing its checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import REPO
+    from trainyard.cli import main
+
+    job = REPO / "agents" / "configs" / "dqn_pong_fast.yaml"
+    assert main(["run", str(job), "-o", "resources.gpus_per_learner=0",
+                 "-o", "agent.learning_starts=500", "-o", "stop.env_steps=1500",
+                 "-o", "evaluation.episodes=1", "-o", "evaluation.max_steps=400",
+                 "-o", "tracking.system_metrics=false"]) == 0
+    client = MlflowClient(store_uri)
+    run = client.search_runs([client.get_experiment_by_name("atari").experiment_id])[0]
+    metrics = run.data.metrics
+    assert metrics["train/loss"] >= 0 and np.isfinite(metrics["train/q_mean"])
+    # a cut 400-step game of Pong: the score is a whole number between -21 and 21
+    assert -21 <= metrics["eval/return_mean"] <= 21
+    assert metrics["eval/return_mean"] == int(metrics["eval/return_mean"])
+    assert metrics["eval/episode_len_mean"] == 400
+    gifs = [a.path for a in client.list_artifacts(run.info.run_id, "videos")]
+    assert len(gifs) == 1 and gifs[0].endswith(".gif")
+    capsys.readouterr()
+    assert main(["eval", run.info.run_id, "--episodes", "1", "--epsilon", "0"]) == 0
+    assert "ALE/Pong-v5, checkpoint at" in capsys.readouterr().out
