@@ -116,8 +116,9 @@ def _atari(config, agent) -> None:
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from trainyard.agents.atari import AtariQModule, StackFrames
+    from trainyard.agents.atari import AtariQModule, StackFrames, return_freed_frames_to_the_os
 
+    return_freed_frames_to_the_os()  # the replay lives in this process (the driver)
     k = agent.atari.frame_stack
     config.env_runners(gym_env_vectorize_mode="vector_entry_point",
                        env_to_module_connector=lambda env, spaces=None, device=None:
