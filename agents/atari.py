@@ -7,8 +7,9 @@ out *single* uint8 frames. The frames are stacked where they are used:
 
 - `StackFrames`, an env-to-module connector, stacks each episode's last k frames for the
   Q-network when acting;
-- `FrameStackEpisodeReplayBuffer`, the replay buffer, keeps episodes of single frames (7 KiB a step, so the
-  Nature recipe's 1M transitions fit in ~7 GB) and stacks frames when it samples a batch;
+- `FrameStackEpisodeReplayBuffer`, the replay buffer, keeps episodes of single frames (7 KiB
+  a step, so the Nature recipe's 1M transitions fit in ~7 GB) and stacks frames when it
+  samples a batch;
 - `AtariQModule`, the Q-network, takes uint8 frames and scales them to [0, 1] itself.
 
 Evaluation plays full games (no life-loss terminal) on unclipped rewards through Gymnasium's
@@ -21,7 +22,6 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
-
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns

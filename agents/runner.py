@@ -224,6 +224,11 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             done = _should_stop(spec, progress, metrics, now - started)
             if done or progress["iteration"] % spec.evaluation.every_iterations == 0:
                 metrics.update(evaluator.run(algo, steps, final=done))
+                target = spec.stop.eval_return_target
+                if not done and target is not None and metrics["eval/return_mean"] >= target:
+                    done = True  # solved: this checkpoint is the one that scored
+                    tracking.set_tags(ctx.run, {f"{tracking.TAG}stop_reason":
+                                                f"eval/return_mean reached {target:g}"})
             last_time, last_steps = time.monotonic(), steps
             logger.log(metrics, step=steps)
             ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)

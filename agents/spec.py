@@ -62,6 +62,9 @@ class RLStop(Stop):
     iterations: Count | None = Field(None, ge=1, description="RLlib training iterations")
     return_target: float | None = Field(None, description="stop once the mean episode return "
                                         "reaches this")
+    eval_return_target: float | None = Field(
+        None, description="stop once an evaluation's mean return reaches this (the last "
+        "checkpoint is then the one that scored it; DQN on CartPole can unlearn later)")
 
 
 class RLCheckpoint(Checkpoint):

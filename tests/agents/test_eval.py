@@ -42,3 +42,18 @@ def test_run_is_evaluated_with_a_video_and_replays_from_its_checkpoint(workdir, 
     out = capsys.readouterr().out
     assert "CartPole-v1, checkpoint at 3,000 env steps: 3 episodes, epsilon 0: return" in out
     assert video.read_bytes()[:6] == b"GIF89a"
+
+
+@pytest.mark.slow
+def test_run_stops_when_an_evaluation_reaches_the_target(workdir, store_uri):
+    assert main(["run", str(CARTPOLE), "-o", "stop.env_steps=6000",
+                 "-o", "stop.eval_return_target=5", "-o", "evaluation.every_iterations=2",
+                 "-o", "evaluation.episodes=2", "-o", "evaluation.video=false",
+                 "-o", "tracking.system_metrics=false"]) == 0
+    client = MlflowClient(store_uri)
+    run = client.search_runs([client.get_experiment_by_name("cartpole").experiment_id])[0]
+    # any CartPole episode lasts more than 5 steps: the first evaluation ends the run
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] \
+        == [2000]
+    assert run.data.tags["trainyard.stop_reason"] == "eval/return_mean reached 5"
+    assert run.info.status == "FINISHED"

@@ -109,10 +109,9 @@ def trainyard_training(seconds: float) -> float:
 def single_file_training(seconds: float) -> float:
     """CleanRL-style DQN: one env, stacked uint8 frames in a numpy replay, one update of 32
     every 4 steps, target network, Adam, Huber loss."""
-    import gymnasium as gym
 
-    from trainyard.agents.envs import AtariSettings
     from trainyard.agents.atari import make_single_env
+    from trainyard.agents.envs import AtariSettings
 
     env = make_single_env(ENV, AtariSettings(), training=True, stack=True)
     actions = env.action_space.n

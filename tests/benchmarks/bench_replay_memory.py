@@ -32,9 +32,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100_000)
     steps = parser.parse_args().steps
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-
     import bench_dqn
+    import ray
 
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
     # learning never starts: every training step only samples and adds to the replay
