@@ -52,7 +52,7 @@ class _SingleFrames(gym.vector.VectorWrapper):
         return obs[:, 0], rewards, terminated, truncated, {}
 
 
-def make_vector_env(env_id: str, settings: AtariSettings, num_envs: int, seed: int | None = None):
+def make_vector_env(env_id: str, settings: AtariSettings, num_envs: int):
     """The training env: `num_envs` games in ale-py's threaded vector env, single frames."""
     import ale_py
 

@@ -13,6 +13,14 @@ DIGITS = REPO / "supervised" / "configs" / "cnn_digits.yaml"
 CARTPOLE = REPO / "agents" / "configs" / "dqn_cartpole.yaml"
 
 
+def runs_of(uri: str, experiment: str):
+    """An MLflow client on the store `uri`, and the runs of `experiment` in it, newest first."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    return client, client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch) -> Path:
     """A clean cwd; the default tracking store (./trainyard-runs/mlflow.db) lands in it."""

@@ -15,9 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import DIGITS, env_without_tracking, free_port
+from conftest import DIGITS, env_without_tracking, free_port, runs_of
 from trainyard.cli import main
 
 pytestmark = pytest.mark.slow
@@ -97,8 +96,8 @@ def test_submit_runs_the_job_on_the_cluster_into_mlflow(head, workdir, capsys, m
     assert "lost with the node" in captured.err  # a sqlite store is warned about
     assert _wait(head, job_id) == "SUCCEEDED"
 
-    client = MlflowClient(uri)
-    run = client.search_runs([client.get_experiment_by_name("cluster").experiment_id])[0]
+    client, runs = runs_of(uri, "cluster")
+    run = runs[0]
     assert run.info.status == "FINISHED" and run.data.metrics["test/accuracy"] > 0.5
     assert len(client.get_metric_history(run.info.run_id, "val/accuracy")) == 2
 

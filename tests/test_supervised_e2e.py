@@ -8,7 +8,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import DIGITS
+from conftest import DIGITS, runs_of
 from trainyard.cli import main
 
 
@@ -79,8 +79,7 @@ def test_demo_job_reaches_97_percent_test_accuracy(workdir, store_uri):
 def test_one_mlflow_run_per_seed_named_by_seed(workdir, store_uri):
     assert main(["run", str(DIGITS), "-o", "stop.epochs=1", "-o", "seeds=[3, 4]",
                  "-o", "output.log_model=false", "-o", "tracking.experiment=seeds"]) == 0
-    client = MlflowClient(store_uri)
-    runs = client.search_runs([client.get_experiment_by_name("seeds").experiment_id])
+    client, runs = runs_of(store_uri, "seeds")
     by_name = {run.info.run_name: run for run in runs}
     assert set(by_name) == {"digits-cnn-seed3", "digits-cnn-seed4"}
     assert {r.data.tags["trainyard.seed"] for r in runs} == {"3", "4"}

@@ -122,9 +122,7 @@ def test_rollout_fragment_must_hold_n_step():
 def test_pong_run_trains_evaluates_whole_games_and_replays(workdir, store_uri, capsys):
     """A short real Pong run: learning on stacked single frames, an evaluation game on the real
     score with a GIF, and `trainyard eval` playing its checkpoint."""
-    from mlflow.tracking import MlflowClient
-
-    from conftest import REPO
+    from conftest import REPO, runs_of
     from trainyard.cli import main
 
     job = REPO / "agents" / "configs" / "dqn_pong_fast.yaml"
@@ -132,8 +130,8 @@ def test_pong_run_trains_evaluates_whole_games_and_replays(workdir, store_uri, c
                  "-o", "agent.learning_starts=500", "-o", "stop.env_steps=1500",
                  "-o", "evaluation.episodes=1", "-o", "evaluation.max_steps=400",
                  "-o", "tracking.system_metrics=false"]) == 0
-    client = MlflowClient(store_uri)
-    run = client.search_runs([client.get_experiment_by_name("atari").experiment_id])[0]
+    client, runs = runs_of(store_uri, "atari")
+    run = runs[0]
     metrics = run.data.metrics
     assert metrics["train/loss"] >= 0 and np.isfinite(metrics["train/q_mean"])
     # a cut 400-step game of Pong: the score is a whole number between -21 and 21

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import CARTPOLE
+from conftest import CARTPOLE, runs_of
 from trainyard.cli import main
 
 
 @pytest.mark.slow
 def test_dqn_learns_cartpole_in_20k_steps(workdir, store_uri):
     assert main(["run", str(CARTPOLE), "-o", "stop.env_steps=20k"]) == 0
-    client = MlflowClient(store_uri)
-    run = client.search_runs([client.get_experiment_by_name("cartpole").experiment_id])[0]
+    client, runs = runs_of(store_uri, "cartpole")
+    run = runs[0]
     history = sorted(client.get_metric_history(run.info.run_id, "train/return_mean"),
                      key=lambda m: m.step)
     assert history[0].value < 50  # a random policy balances ~20 steps

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import CARTPOLE, DIGITS
+from conftest import CARTPOLE, DIGITS, runs_of
 from trainyard import tracking
 from trainyard.cli import main
 from trainyard.loader import dump_spec, load_spec
@@ -28,8 +27,8 @@ def test_run_is_evaluated_with_a_video_and_replays_from_its_checkpoint(workdir, 
     assert main(["run", str(CARTPOLE), "-o", "stop.env_steps=3000",
                  "-o", "evaluation.every_iterations=2", "-o", "evaluation.video_every=1",
                  "-o", "evaluation.episodes=2", "-o", "tracking.system_metrics=false"]) == 0
-    client = MlflowClient(store_uri)
-    run = client.search_runs([client.get_experiment_by_name("cartpole").experiment_id])[0]
+    client, runs = runs_of(store_uri, "cartpole")
+    run = runs[0]
     evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
     assert sorted(m.step for m in evals) == [2000, 3000]  # iteration 2, then the end
     assert all(m.value > 0 for m in evals)
@@ -50,8 +49,8 @@ def test_run_stops_when_an_evaluation_reaches_the_target(workdir, store_uri):
                  "-o", "stop.eval_return_target=5", "-o", "evaluation.every_iterations=2",
                  "-o", "evaluation.episodes=2", "-o", "evaluation.video=false",
                  "-o", "tracking.system_metrics=false"]) == 0
-    client = MlflowClient(store_uri)
-    run = client.search_runs([client.get_experiment_by_name("cartpole").experiment_id])[0]
+    client, runs = runs_of(store_uri, "cartpole")
+    run = runs[0]
     # any CartPole episode lasts more than 5 steps: the first evaluation ends the run
     assert [m.step for m in client.get_metric_history(run.info.run_id, "eval/return_mean")] \
         == [2000]

@@ -22,7 +22,7 @@ import ray.cloudpickle
 from gymnasium.envs.classic_control.cartpole import CartPoleEnv
 from mlflow.tracking import MlflowClient
 
-from conftest import CARTPOLE
+from conftest import CARTPOLE, runs_of
 from trainyard.agents.envs import known_env_ids
 from trainyard.cli import main
 
@@ -83,8 +83,7 @@ def _run_args(*overrides: str) -> list[str]:
 
 
 def _the_run(store_uri: str):
-    client = MlflowClient(store_uri)
-    runs = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
+    client, runs = runs_of(store_uri, "faults")
     assert len(runs) == 1
     return client, runs[0]
 

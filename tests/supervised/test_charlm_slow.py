@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mlflow.tracking import MlflowClient
 
-from conftest import REPO
+from conftest import REPO, runs_of
 from trainyard.cli import main
 
 
@@ -16,8 +15,8 @@ def test_char_lm_beats_unigram_in_minutes(workdir, store_uri, config, minutes, m
     argv = ["run", str(REPO / "supervised" / "configs" / config), "-o",
             f"stop.minutes={minutes}", "-o", "output.log_model=false"]
     assert main(argv) == 0
-    client = MlflowClient(store_uri)
-    run = client.search_runs([client.get_experiment_by_name("charlm").experiment_id])[0]
+    client, runs = runs_of(store_uri, "charlm")
+    run = runs[0]
     metrics = run.data.metrics
     best_val_bpc = min(m.value for m in client.get_metric_history(run.info.run_id,
                                                                   "val/bits_per_char"))

@@ -12,7 +12,7 @@ import pytest
 import ray
 from mlflow.tracking import MlflowClient
 
-from conftest import DIGITS
+from conftest import DIGITS, runs_of
 from trainyard.cli import main
 
 
@@ -51,8 +51,7 @@ def test_killed_train_worker_is_restarted_from_the_checkpoint(workdir, store_uri
     killer.join(timeout=5)
     assert killed, "no Train worker was killed"
 
-    client = MlflowClient(store_uri)
-    runs = client.search_runs([client.get_experiment_by_name("worker-faults").experiment_id])
+    client, runs = runs_of(store_uri, "worker-faults")
     assert len(runs) == 1  # recovered inside the same run
     run = runs[0]
     assert run.info.status == "FINISHED"
