@@ -78,7 +78,9 @@ MINATAR_CNN = [[16, 3, 1]]
 
 def check_env_id(env_id: str) -> str:
     """Return `env_id` if it is known; ValueError naming close matches if not."""
-    known = known_env_ids()
+    from trainyard.agents.games import GAMES, PREFIX
+
+    known = known_env_ids() | {PREFIX + game for game in GAMES}
     if env_id in known:
         return env_id
     lowered = {k.lower(): k for k in known}
@@ -127,6 +129,12 @@ def make_eval_env(agent, render: bool = False):
 
 def make_env_creator(agent):
     """What `register_env` gets for the spec's env (remote env runners build it from this)."""
+    from trainyard.agents.games import is_game
+
+    if is_game(agent.env):
+        from trainyard.agents.selfplay import make_env_creator as game_env_creator
+
+        return game_env_creator(agent.env)
     if is_atari(agent.env):
         from trainyard.agents.atari import rllib_creator
 

@@ -6,6 +6,8 @@
   tensor): on the Nature CNN that was 17% of a CPU update (profiled on Pong). The config turns
   that off (`torch_skip_nan_gradients`) and this learner checks the gradients' norms once; a
   non-finite update is dropped with a warning, as RLlib does.
+- RLlib syncs the target network of every module it holds, trained or not: a frozen self-play
+  snapshot's target net would drift. Only the modules being trained are synced here.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 
 import torch
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
 
 logger = logging.getLogger(__name__)
 
@@ -41,3 +44,10 @@ class DQNLearner(DQNTorchLearner):
                 grad.zero_()
             return
         super().apply_gradients(gradients_dict)
+
+    def after_gradient_based_update(self, *, timesteps) -> None:
+        now = timesteps.get(NUM_ENV_STEPS_SAMPLED_LIFETIME, 0)
+        for module_id in self.module.keys():
+            if not self.should_module_be_updated(module_id):  # frozen: "just synced"
+                self.last_update_ts_by_mid[module_id] = now
+        super().after_gradient_based_update(timesteps=timesteps)

@@ -7,6 +7,7 @@ metrics under trainyard's names, and atomic checkpoints that `trainyard resume` 
 
 from __future__ import annotations
 
+import json
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +27,13 @@ METRICS = {
     ("learners", "default_policy", "qf_loss"): "train/loss",
     ("learners", "default_policy", "qf_mean"): "train/q_mean",
     ("learners", "default_policy", "td_error_mean"): "train/td_error_mean",
+}
+# Self-play: the learning module is `main`; the sum of both players' returns says nothing.
+SELFPLAY_METRICS = {
+    ("env_runners", "episode_len_mean"): "train/episode_len_mean",
+    ("learners", "main", "qf_loss"): "train/loss",
+    ("learners", "main", "qf_mean"): "train/q_mean",
+    ("learners", "main", "td_error_mean"): "train/td_error_mean",
 }
 STEPS_KEY = ("env_runners", "num_env_steps_sampled_lifetime")
 # Fault counters, logged when the job has remote env runners (counted since the algorithm was
@@ -107,6 +115,10 @@ def build_config(spec: "RLJob", seed: int):
     )
     if is_atari(agent.env):
         _atari(config, agent)
+    if spec.selfplay is not None:
+        from trainyard.agents.selfplay import configure
+
+        configure(config, agent, spec.selfplay, _model_config(agent, DefaultModelConfig), seed)
     return config
 
 
@@ -148,17 +160,22 @@ def _model_config(agent, model_config_class):
                               head_fcnet_hiddens=list(agent.hidden))
 
 
-def _save(algo, root: Path, progress: dict, keep: int) -> Path:
+LEAGUE_FILE = "league.json"
+
+
+def _save(algo, root: Path, progress: dict, keep: int, league=None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=".partial_", dir=root))
     algo.save_to_path(str(partial), use_msgpack=True)  # state as msgpack: loading runs no code
+    if league is not None:
+        (partial / LEAGUE_FILE).write_text(json.dumps(league.to_json()))
     folder = checkpoints.commit_folder(partial, root / f"checkpoint_{progress['iteration']:06d}",
                                        progress)
     checkpoints.prune(root, keep)
     return folder
 
 
-def _restore(algo, ctx: "RunContext", root: Path) -> dict | None:
+def _restore(algo, ctx: "RunContext", root: Path, league=None) -> dict | None:
     """Load the checkpoint this run starts from, if any; return its progress counters."""
     if ctx.restore_from:  # a sweep trial: Tune hands over the checkpoint (its own, or PBT's)
         found = (Path(ctx.restore_from), checkpoints.read_marker(ctx.restore_from))
@@ -170,7 +187,13 @@ def _restore(algo, ctx: "RunContext", root: Path) -> dict | None:
         return None
     folder, progress = found
     _refuse_pickles(Path(folder))
+    if league is not None:  # the snapshot modules must exist before their weights load
+        league.load_json(json.loads((Path(folder) / LEAGUE_FILE).read_text()))
+        league.restore_modules(algo)
     algo.restore_from_path(str(folder))
+    if league is not None:
+        algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
+                                           inference_only=True)
     return progress
 
 
@@ -196,7 +219,10 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     _quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))  # for remote env runners too
     algo = build_config(spec, ctx.seed).build_algo()
-    progress = _restore(algo, ctx, root) or {"iteration": 0, "env_steps": 0, "seconds": 0.0}
+    league = _league(spec, ctx.seed)
+    progress = (_restore(algo, ctx, root, league)
+                or {"iteration": 0, "env_steps": 0, "seconds": 0.0})
+    names = METRICS if league is None else SELFPLAY_METRICS
     logger = ctx.logger()
     logger.log({"perf/startup_s": ctx.startup_seconds()}, step=progress["env_steps"])
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
@@ -214,16 +240,26 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             now = time.monotonic()
             progress["env_steps"] = steps
             progress["seconds"] += now - last_time
-            metrics = {name: float(v) for path, name in METRICS.items()
+            metrics = {name: float(v) for path, name in names.items()
                        if isinstance(v := _dig(result, path), (int, float))}
             metrics["perf/env_steps_per_s"] = (steps - last_steps) / max(now - last_time, 1e-9)
             metrics["perf/iteration_s"] = now - iter_start
             metrics["train/iteration"] = progress["iteration"]
             if faults is not None:
                 metrics.update(faults.record(result))
+            if league is not None:
+                snapshots = len(league.state.snapshots)
+                metrics.update(league.after_iteration(algo, result, steps))
+                if done_rating := len(league.state.snapshots) > snapshots:
+                    _log_league(league, ctx)
             done = _should_stop(spec, progress, metrics, now - started)
             if done or progress["iteration"] % spec.evaluation.every_iterations == 0:
-                metrics.update(evaluator.run(algo, steps, final=done))
+                if league is None:
+                    metrics.update(evaluator.run(algo, steps, final=done))
+                else:
+                    metrics.update(league.evaluate(algo, spec.evaluation.episodes))
+                    if done and not done_rating:
+                        _log_league(league, ctx)
                 target = spec.stop.eval_return_target
                 if not done and target is not None and metrics["eval/return_mean"] >= target:
                     done = True  # solved: this checkpoint is the one that scored
@@ -234,7 +270,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)
             saved = None
             if done or progress["iteration"] % spec.checkpoint.every_iterations == 0:
-                saved = _save(algo, root, progress, spec.checkpoint.keep)
+                saved = _save(algo, root, progress, spec.checkpoint.keep, league)
             ctx.report({**metrics, "env_steps": steps}, str(saved) if saved else None)
             if done:
                 return metrics
@@ -242,6 +278,26 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
         if faults is not None and faults.watchdog is not None:
             faults.watchdog.stop()
         algo.stop()
+
+
+def _league(spec: "RLJob", seed: int):
+    if spec.selfplay is None:
+        return None
+    from trainyard.agents.selfplay import League
+
+    return League(spec.agent, spec.selfplay, seed)
+
+
+def _log_league(league, ctx: "RunContext") -> None:
+    """The ratings table (CSV) and the Elo plot, as the run's `league/` artifacts."""
+    with tempfile.TemporaryDirectory() as tmp:
+        table = Path(tmp, "elo_ratings.csv")
+        table.write_text(league.ratings_table())
+        tracking.log_artifact(ctx.run, table, "league")
+        if league.state.snapshots:
+            plot = Path(tmp, "elo.png")
+            league.plot(plot)
+            tracking.log_artifact(ctx.run, plot, "league")
 
 
 class _Evaluator:
@@ -377,3 +433,79 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
     if video is not None and result.frames:
         print(f"video of the first episode: {write_gif(result.frames, video)}")
     return metrics
+
+
+def load_main(spec: "RLJob", storage: Path):
+    """The learned `main` Q-module of a self-play run's latest checkpoint (msgpack state only),
+    and the env steps it had trained for."""
+    from trainyard.agents.games import game_info
+    from trainyard.agents.selfplay import MAIN, main_spec
+    from trainyard.spec import UserInputError
+
+    found = checkpoints.latest_valid(storage)
+    if found is None:
+        raise UserInputError(f"no checkpoint under {storage}: the run saved none yet (it saves "
+                             "every checkpoint.every_iterations and at the end)")
+    folder, progress = found
+    path = Path(folder) / "learner_group" / "learner" / "rl_module" / MAIN
+    _refuse_pickles(path)
+    # the model config as the algorithm completes it (DQN adds dueling, double_q, ...)
+    module = main_spec(game_info(spec.agent.env), build_config(spec, 0).model_config).build()
+    module.restore_from_path(str(path))
+    module.eval()
+    return module, int(progress.get("env_steps", 0))
+
+
+def evaluate_selfplay(spec: "RLJob", storage: Path, seed: int, games: int,
+                      opponent: str) -> dict[str, float]:
+    """`trainyard eval RUN_ID --opponent NAME`: win/draw/loss of the run's agent over `games`
+    games, moving first in half of them."""
+    from trainyard.agents.games import game_info, head_to_head, reference_player
+    from trainyard.agents.selfplay import QPlayer
+
+    info = game_info(spec.agent.env)
+    other = reference_player(opponent, info, seed)
+    module, steps = load_main(spec, storage)
+    w, d, l_ = head_to_head(info, QPlayer(module), other, games)
+    print(f"{spec.agent.env}, agent at {steps:,} env steps, against {opponent}: {games} games "
+          f"(first move alternating): won {w}, drew {d}, lost {l_}; win rate {w / games:.1%}, "
+          f"loss rate {l_ / games:.1%}")
+    return {"eval/win_rate": w / games, "eval/draw_rate": d / games,
+            "eval/loss_rate": l_ / games}
+
+
+def play_human(spec: "RLJob", storage: Path, human_first: bool, read=input, write=print) -> int:
+    """`trainyard play RUN_ID`: a person against the run's agent, in the terminal. Returns the
+    person's result: 1 won, 0 draw, -1 lost."""
+    from trainyard.agents.games import Match, game_info
+    from trainyard.agents.selfplay import QPlayer
+
+    info = game_info(spec.agent.env)
+    module, steps = load_main(spec, storage)
+    agent = QPlayer(module)
+    match = Match(info)
+    human = 0 if human_first else 1
+    mark = info.marks[human]
+    what = "a column" if info.gravity else "a cell number"
+    write(f"{info.name} against the agent ({steps:,} env steps of training). You play "
+          f"{mark} and move {'first' if human_first else 'second'}; type {what}, q to quit.")
+    while not match.over:
+        if match.to_move == human:
+            write(match.draw())
+            answer = read(f"your move ({mark}): ").strip().lower()
+            if answer in ("q", "quit", "exit"):
+                write("game abandoned")
+                return -1
+            if not answer.isdigit() or int(answer) not in match.legal():
+                write(f"{answer!r} is not a legal move; legal: "
+                      f"{', '.join(str(a) for a in match.legal())}")
+                continue
+            match.apply(int(answer))
+        else:
+            action = agent.act(match.observation(match.to_move), match.mask())
+            write(f"agent plays {action}")
+            match.apply(action)
+    write(match.draw())
+    result = int(match.returns()[human])
+    write({1: "you won", 0: "a draw", -1: "the agent won"}[result])
+    return result

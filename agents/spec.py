@@ -156,6 +156,46 @@ class RLEvaluation(Section):
     video: bool = Field(True, description="record evaluation GIFs at all")
 
 
+class SelfPlay(Section):
+    """Self-play for two-player games (`agent.env: OpenSpiel/<game>`): `main` learns against
+    a league of its own frozen snapshots and fixed reference opponents, rated by Elo."""
+
+    opponents: list[str] = Field(
+        ["random", "alphabeta:2"], min_length=1,
+        description="fixed reference opponents: random (the Elo anchor, rated 0) and "
+        "alphabeta:<depth> (a depth-limited alpha-beta search)")
+    sampling: Literal["pfsp", "uniform"] = Field(
+        "pfsp", description="how main's opponents are drawn from the pool: pfsp (prioritized "
+        "fictitious self-play: more games against the opponents it loses to) or uniform")
+    self_play_share: float = Field(0.2, ge=0, lt=1, description="share of games main plays "
+                                   "against its current self")
+    snapshot_win_rate: float = Field(0.7, gt=0, le=1, description="freeze a snapshot of main "
+                                     "into the pool once its recent score against the pool "
+                                     "(win 1, draw 0.5; the mean over the pool's players) "
+                                     "reaches this")
+    snapshot_min_games: Count = Field(1000, ge=1, description="league games (not counting "
+                                      "self-play) between snapshots, at least")
+    pool_size: int = Field(20, ge=1, description="the latest snapshots main is drawn against "
+                           "(older ones stay rated)")
+    win_rate_decay: float = Field(0.99, gt=0, lt=1, description="per game: how slowly the "
+                                  "win rate against each opponent forgets")
+    elo_games: int = Field(40, ge=2, description="games a new snapshot plays against each "
+                           "reference and recent snapshot to be rated (first move alternates)")
+    elo_opponents: int = Field(4, ge=0, description="recent snapshots a new one is rated "
+                               "against (besides the references)")
+
+    @field_validator("opponents")
+    @classmethod
+    def _known_opponents(cls, names: list[str]) -> list[str]:
+        from trainyard.agents.games import GAMES, reference_player
+
+        for name in names:
+            reference_player(name, GAMES["tic_tac_toe"])  # ValueError naming the choices
+        if len(set(names)) != len(names):
+            raise ValueError("selfplay.opponents: each opponent once")
+        return names
+
+
 class RLJob(JobBase):
     kind: Literal["rl"] = Field(..., description="a reinforcement-learning job")
     resources: RLResources = Field(default_factory=RLResources)
@@ -164,6 +204,19 @@ class RLJob(JobBase):
     fault_tolerance: RLFaultTolerance = Field(default_factory=RLFaultTolerance)
     evaluation: RLEvaluation = Field(default_factory=RLEvaluation)
     agent: DQNAgent
+    selfplay: SelfPlay | None = Field(None, description="the league, for two-player games "
+                                      "(OpenSpiel/...); filled in with defaults for them")
+
+    @model_validator(mode="after")
+    def _selfplay_for_games(self) -> "RLJob":
+        from trainyard.agents.games import is_game
+
+        if is_game(self.agent.env) and self.selfplay is None:
+            self.selfplay = SelfPlay()
+        elif self.selfplay is not None and not is_game(self.agent.env):
+            raise ValueError(f"selfplay: {self.agent.env} is not a two-player game; self-play "
+                             "needs agent.env OpenSpiel/connect_four or OpenSpiel/tic_tac_toe")
+        return self
 
     @model_validator(mode="after")
     def _check_epsilon(self) -> "RLJob":

@@ -12,17 +12,48 @@ def _train(spec, ctx):
     return train(spec, ctx)
 
 
-def _evaluate(spec, run_info, episodes, epsilon, video):
+def _storage(run_info):
     from pathlib import Path
 
-    from trainyard.agents.runner import evaluate_run
-
     tags = run_info["tags"]
-    storage = Path(tags["trainyard.storage_path"]) / tags["trainyard.storage_name"]
-    seed = int(tags.get("trainyard.seed", 0))
+    return Path(tags["trainyard.storage_path"]) / tags["trainyard.storage_name"]
+
+
+def _evaluate(spec, run_info, episodes, epsilon, video, opponent=None):
+    from trainyard.agents.runner import evaluate_run, evaluate_selfplay
+    from trainyard.spec import UserInputError
+
+    storage = _storage(run_info)
+    seed = int(run_info["tags"].get("trainyard.seed", 0))
+    if spec.selfplay is not None:
+        if video is not None:
+            raise UserInputError("--video records single-agent episodes; a two-player game's "
+                                 "agent is watched with trainyard play RUN_ID")
+        from trainyard.agents.games import game_info, reference_player
+
+        opponent = opponent or spec.selfplay.opponents[-1]
+        try:
+            reference_player(opponent, game_info(spec.agent.env))
+        except ValueError as err:
+            raise UserInputError(f"--opponent: {err}") from None
+        return evaluate_selfplay(spec, storage, seed, episodes or spec.evaluation.episodes,
+                                 opponent)
+    if opponent is not None:
+        raise UserInputError(f"--opponent is for two-player games; {spec.agent.env} has no "
+                             "opponent")
     epsilon = spec.evaluation.epsilon if epsilon is None else epsilon
     return evaluate_run(spec, storage, seed, episodes or spec.evaluation.episodes, epsilon,
                         video)
+
+
+def _play(spec, run_info, human_first: bool) -> int:
+    from trainyard.agents.runner import play_human
+    from trainyard.spec import UserInputError
+
+    if spec.selfplay is None:
+        raise UserInputError(f"trainyard play is for two-player games; {spec.agent.env} is "
+                             "played by the agent alone (trainyard eval RUN_ID --video)")
+    return play_human(spec, _storage(run_info), human_first)
 
 
 def _run_tags(spec: RLJob) -> dict[str, str]:
@@ -31,4 +62,5 @@ def _run_tags(spec: RLJob) -> dict[str, str]:
 
 WORKLOAD = Workload(kind="rl", spec_model=RLJob, train=_train,
                     headline_metric="eval/return_mean", names={"agent.algo": ALGOS},
-                    run_tags=_run_tags, step_axis="env steps sampled", evaluate=_evaluate)
+                    run_tags=_run_tags, step_axis="env steps sampled", evaluate=_evaluate,
+                    play=_play)

@@ -4,7 +4,8 @@
     trainyard run JOB.yaml [-o ...] [--seed N] [--address HOST:PORT]
     trainyard sweep JOB.yaml [-o ...] [--address ...]
     trainyard resume RUN_ID [--address ...]
-    trainyard eval RUN_ID [--episodes N] [--epsilon E] [--video [GIF]]
+    trainyard eval RUN_ID [--episodes N] [--epsilon E] [--video [GIF]] [--opponent NAME]
+    trainyard play RUN_ID [--second]
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
     trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
     trainyard ui [--port 5000]
@@ -90,8 +91,17 @@ def _parser() -> argparse.ArgumentParser:
                    help="chance of a random action (default: the job's evaluation.epsilon)")
     p.add_argument("--video", nargs="?", const="", default=None, metavar="GIF",
                    help="record the first episode (default file: eval-<run id>.gif)")
+    p.add_argument("--opponent", default=None, metavar="NAME",
+                   help="two-player games: random or alphabeta:<depth> (default: the job's "
+                   "last selfplay.opponents)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
+
+    p = sub.add_parser("play", help="play a two-player game against a self-play run's agent "
+                       "in the terminal")
+    p.add_argument("run_id")
+    p.add_argument("--second", action="store_true", help="let the agent move first")
+    p.add_argument("--tracking-uri", default=None)
 
     p = sub.add_parser("ui", help="open the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--tracking-uri", default=None)
@@ -285,7 +295,24 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                      "its test metrics are in MLflow already", BAD_INPUT)
     video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
     with launcher.ray_session(args.address, spec.resources.cpus, None):
-        evaluate(spec, info, args.episodes, args.epsilon, video)
+        evaluate(spec, info, args.episodes, args.epsilon, video, args.opponent)
+    return 0
+
+
+def _cmd_play(args: argparse.Namespace) -> int:
+    try:
+        loaded, _, info = _read_run(args, "read")
+    except ValueError as err:
+        return _fail(str(err), BAD_INPUT)
+    spec = loaded.spec
+    play = get_workload(spec.kind).play
+    if play is None:
+        return _fail(f"run {args.run_id} is a {spec.kind} job: trainyard play is for agents "
+                     "of two-player games", BAD_INPUT)
+    try:
+        play(spec, info, not args.second)
+    except EOFError:
+        print("\ngame abandoned")
     return 0
 
 
@@ -315,6 +342,7 @@ COMMANDS = {"validate": _cmd_validate, "run": _cmd_run, "resume": _cmd_resume, "
 COMMANDS["compare"] = _cmd_compare
 COMMANDS["sweep"] = _cmd_sweep
 COMMANDS["eval"] = _cmd_eval
+COMMANDS["play"] = _cmd_play
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,9 +38,12 @@ class Workload:
     run_tags: Callable[["JobBase"], dict[str, str]] | None = None
     #: what the step of this kind's metrics counts (the x axis of its curves)
     step_axis: str = "step"
-    #: `trainyard eval RUN_ID`: fn(spec, run_info, episodes, epsilon, video_path) -> metrics;
-    #: None when the kind has no such thing
+    #: `trainyard eval RUN_ID`: fn(spec, run_info, episodes, epsilon, video_path, opponent)
+    #: -> metrics; None when the kind has no such thing
     evaluate: Callable[..., dict[str, float]] | None = None
+    #: `trainyard play RUN_ID`: fn(spec, run_info, human_first) -> the person's result;
+    #: None when the kind has no such thing
+    play: Callable[..., int] | None = None
 
 
 @cache

@@ -1,0 +1,305 @@
+"""Self-play: game rules against OpenSpiel's, the reference players, Elo, the league's
+bookkeeping, the masked Q-module, and (slow) a short league run through the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trainyard.agents.games import (
+    GAMES,
+    AlphaBetaPlayer,
+    Match,
+    RandomPlayer,
+    Rules,
+    head_to_head,
+    play_game,
+    reference_player,
+)
+
+C4, TTT = GAMES["connect_four"], GAMES["tic_tac_toe"]
+
+
+def _match(info, moves):
+    match = Match(info)
+    for move in moves:
+        match.apply(move)
+    return match
+
+
+@pytest.mark.parametrize("info", [C4, TTT], ids=lambda i: i.name)
+def test_our_rules_agree_with_openspiel_on_random_games(info):
+    """The search's model of the game (legal moves, wins) matches OpenSpiel's at every
+    position of 200 random games."""
+    rules, rng = Rules(info), np.random.default_rng(0)
+    positions = 0
+    for _ in range(200):
+        match = Match(info)
+        while not match.over:
+            board = rules.board(match.observation(match.to_move))
+            assert rules.legal(board) == match.legal()
+            action = int(rng.choice(match.legal()))
+            cell = rules.target(board, action)
+            board[cell] = 1
+            won = rules.wins(board, cell)
+            match.apply(action)
+            positions += 1
+            assert won == (match.over and max(match.returns()) > 0)
+    assert positions > 1000
+
+
+def test_known_positions():
+    # Connect Four: four in a column wins for the first player
+    match = _match(C4, [0, 1, 0, 1, 0, 1, 0])
+    assert match.over and match.returns() == (1.0, -1.0)
+    # a full column cannot be played
+    match = _match(C4, [3, 3, 3, 3, 3, 3])
+    assert 3 not in match.legal() and match.mask()[3] == 0 and match.mask().sum() == 6
+    with pytest.raises(ValueError, match="illegal action 3"):
+        match.apply(3)
+    # a diagonal for the second player: o on (0,1) (1,2) (2,3) (3,4)
+    match = _match(C4, [0, 1, 2, 2, 3, 3, 4, 3, 4, 4, 6, 4])
+    assert match.over and match.returns() == (-1.0, 1.0)
+    # tic-tac-toe: x's diagonal, and a full board without a line is a draw
+    assert _match(TTT, [0, 1, 4, 2, 8]).returns() == (1.0, -1.0)
+    draw = _match(TTT, [0, 1, 2, 4, 3, 5, 7, 6, 8])
+    assert draw.over and draw.returns() == (0.0, 0.0)
+    # what a player sees: its own pieces in plane 0, from either side
+    match = _match(TTT, [4, 0])
+    assert match.observation(0)[1, 1, 0] == 1 and match.observation(0)[0, 0, 1] == 1
+    assert match.observation(1)[0, 0, 0] == 1 and match.observation(1)[1, 1, 1] == 1
+    assert match.draw().splitlines() == ["o 1 2", "3 x 5", "6 7 8"]
+    assert _match(C4, [3, 3]).draw().splitlines()[-3:] == [
+        ". . . o . . .", ". . . x . . .", "0 1 2 3 4 5 6"]
+
+
+def test_alphabeta_takes_a_win_and_blocks_one():
+    # x has three in column 0 and moves: depth 1 sees the win
+    win = _match(C4, [0, 1, 0, 1, 0, 2])
+    player = AlphaBetaPlayer(C4, depth=1, seed=0)
+    assert player.act(win.observation(win.to_move), win.mask()) == 0
+    # o to move while x threatens column 0: depth 2 blocks
+    block = _match(C4, [0, 1, 0, 2, 0])
+    for seed in range(5):
+        player = AlphaBetaPlayer(C4, depth=2, seed=seed)
+        assert player.act(block.observation(block.to_move), block.mask()) == 0
+    # tic-tac-toe at depth 4 never loses a game to random
+    assert head_to_head(TTT, AlphaBetaPlayer(TTT, 4, seed=1), RandomPlayer(2), 40)[2] == 0
+
+
+def test_alphabeta_beats_random_and_its_ties_vary():
+    wins, draws, losses = head_to_head(C4, AlphaBetaPlayer(C4, 2, seed=0), RandomPlayer(1), 20)
+    assert wins >= 19 and losses == 0
+    # two depth-2 searches with different seeds do not replay one game over and over
+    games = {tuple(_moves_of(C4, AlphaBetaPlayer(C4, 2, seed=s), AlphaBetaPlayer(C4, 2, s + 9)))
+             for s in range(6)}
+    assert len(games) > 1
+
+
+def _moves_of(info, first, second):
+    match, moves = Match(info), []
+    while not match.over:
+        action = (first, second)[match.to_move].act(match.observation(match.to_move),
+                                                    match.mask())
+        moves.append(action)
+        match.apply(action)
+    return moves
+
+
+def test_reference_player_names():
+    assert isinstance(reference_player("random", C4), RandomPlayer)
+    assert reference_player("alphabeta:3", C4).depth == 3
+    for bad in ("minimax:2", "alphabeta", "alphabeta:0", "alphabeta:x"):
+        with pytest.raises(ValueError, match="use random or alphabeta:<depth>"):
+            reference_player(bad, C4)
+    assert play_game(TTT, RandomPlayer(0), RandomPlayer(1))[0] in (-1.0, 0.0, 1.0)
+
+
+def test_elo_fit_recovers_a_known_gap_and_anchors_random_at_zero():
+    from trainyard.agents.selfplay import fit_elo, fit_one
+
+    # b scores 75% against random, c 75% against b: ~ +191 Elo per step
+    results = [("b", "random", 750, 0, 250), ("c", "b", 750, 0, 250)]
+    ratings = fit_elo(results, anchor="random")
+    assert ratings["random"] == 0
+    assert ratings["b"] == pytest.approx(191, abs=5)
+    assert ratings["c"] == pytest.approx(382, abs=10)
+    # a player that never lost gets a finite rating, above the one it beat
+    unbeaten = fit_elo([("d", "random", 20, 0, 0)], anchor="random")["d"]
+    assert 300 < unbeaten < 1000
+    # one new player against fixed ratings
+    assert fit_one([("m", "b", 500, 0, 500)], "m", {"b": 191.0}) == pytest.approx(191, abs=2)
+
+
+class _Episode:
+    def __init__(self, i):
+        self.id_ = f"episode-{i}"
+
+
+def test_league_mapping_puts_main_on_one_side_at_random_and_draws_opponents_by_weight():
+    from trainyard.agents.selfplay import AGENTS, MAIN, LeagueMapping
+
+    mapping = LeagueMapping(["random", "alphabeta2"], [0.25, 0.75], seed=3)
+    sides, opponents = [], []
+    for i in range(2000):
+        episode = _Episode(i)
+        modules = [mapping(agent, episode) for agent in AGENTS]
+        assert modules.count(MAIN) == 1
+        assert [mapping(agent, episode) for agent in AGENTS] == modules  # stable per episode
+        sides.append(modules.index(MAIN))
+        opponents.append(next(m for m in modules if m != MAIN))
+    assert 0.45 < np.mean(sides) < 0.55
+    assert 0.70 < opponents.count("alphabeta2") / len(opponents) < 0.80
+
+
+def test_pfsp_favours_what_main_loses_to():
+    from trainyard.agents.selfplay import MAIN, opponent_weights
+
+    names, weights = opponent_weights(["random", "alphabeta2", "snapshot_1"],
+                                      {"random": 0.95, "alphabeta2": 0.2, "snapshot_1": 0.5},
+                                      "pfsp", self_play_share=0.2)
+    w = dict(zip(names, weights, strict=True))
+    assert w["alphabeta2"] > w["snapshot_1"] > w["random"] > 0
+    assert w[MAIN] == pytest.approx(0.2) and sum(weights) == pytest.approx(1.0)
+    names, weights = opponent_weights(["random", "alphabeta2"], {"random": 0.9}, "uniform", 0)
+    assert names == ["random", "alphabeta2"] and weights == [0.5, 0.5]
+
+
+def test_masked_q_module_never_picks_an_illegal_move():
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from trainyard.agents.runner import build_config
+    from trainyard.agents.selfplay import main_spec
+    from trainyard.agents.spec import RLJob
+
+    for model in ({"hidden": [32]}, {"hidden": [32], "conv_filters": [[8, 3, 1]]}):
+        spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
+            "env": "OpenSpiel/connect_four", **model}})
+        module = main_spec(C4, build_config(spec, 0).model_config).build()
+        match = _match(C4, [3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0])  # columns 0 and 3 full
+        batch = {Columns.OBS: {
+            "observations": torch.as_tensor(np.stack([match.observation(0)] * 64)),
+            "action_mask": torch.as_tensor(np.stack([match.mask()] * 64))}}
+        q = module.compute_q_values(batch)["qf_preds"]
+        assert torch.isinf(q[:, [0, 3]]).all() and torch.isfinite(q[:, [1, 2, 4, 5, 6]]).all()
+        module.epsilon_schedule.update(0)  # epsilon 1: every action random
+        actions = module.forward_exploration(batch, t=0)[Columns.ACTIONS]
+        assert not set(actions.tolist()) & {0, 3} and len(set(actions.tolist())) > 2
+        assert int(module.forward_inference(batch)[Columns.ACTIONS][0]) not in (0, 3)
+
+
+def test_selfplay_spec_errors():
+    from pydantic import ValidationError
+
+    from trainyard.agents.spec import RLJob
+
+    base = {"name": "x", "kind": "rl", "agent": {"env": "OpenSpiel/connect_four"}}
+    job = RLJob.model_validate(base)
+    assert job.selfplay is not None and job.selfplay.opponents == ["random", "alphabeta:2"]
+    with pytest.raises(ValidationError, match="use random or alphabeta:<depth>"):
+        RLJob.model_validate({**base, "selfplay": {"opponents": ["minimax:3"]}})
+    with pytest.raises(ValidationError, match="CartPole-v1 is not a two-player game"):
+        RLJob.model_validate({**base, "agent": {"env": "CartPole-v1"}, "selfplay": {}})
+    with pytest.raises(ValidationError, match="did you mean: OpenSpiel/connect_four"):
+        RLJob.model_validate({**base, "agent": {"env": "OpenSpiel/connect4"}})
+
+
+TTT_JOB = "agents/configs/selfplay_tictactoe.yaml"
+
+
+def _ttt_spec(*overrides):
+    from conftest import REPO
+    from trainyard.loader import load_spec
+
+    return load_spec(REPO / TTT_JOB, list(overrides)).spec
+
+
+@pytest.mark.slow
+def test_a_snapshot_is_a_frozen_deep_copy_of_main():
+    """RLlib hands module state around by reference where it can: a snapshot must keep the
+    weights main had when it was frozen, in the learner and in the env runner, while main
+    trains on."""
+    import ray
+    from ray.tune.registry import register_env
+
+    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.runner import _league, build_config
+    from trainyard.agents.selfplay import MAIN
+
+    spec = _ttt_spec("agent.learning_starts=200", "selfplay.elo_games=2")
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        register_env(spec.agent.env, make_env_creator(spec.agent))
+        algo = build_config(spec, 0).build_algo()
+        league = _league(spec, 0)
+        for _ in range(2):
+            algo.train()
+        metrics = league.snapshot(algo, 2000)
+        frozen = {k: v.copy() for k, v in
+                  algo.learner_group.get_weights(["snapshot_1"])["snapshot_1"].items()}
+        main_then = {k: v.copy() for k, v in
+                     algo.learner_group.get_weights([MAIN])[MAIN].items()}
+        assert all(np.array_equal(frozen[k], main_then[k]) for k in frozen)
+        for _ in range(3):
+            algo.train()
+        learner = algo.learner_group.get_weights(["snapshot_1", MAIN])
+        changed = [k for k in frozen if not np.array_equal(frozen[k], learner["snapshot_1"][k])]
+        assert not changed  # its target network included
+        assert any(not np.array_equal(main_then[k], learner[MAIN][k]) for k in main_then)
+        runner = algo.env_runner.module["snapshot_1"].get_state()
+        assert all(np.array_equal(frozen[k], np.asarray(runner[k])) for k in runner)
+        # the new snapshot was rated against both references, random anchoring the scale
+        assert metrics["elo/random"] == 0 and np.isfinite(metrics["elo/latest_snapshot"])
+        assert {r[1] for r in league.state.results if r[0] == "snapshot_1"} == {
+            "random", "alphabeta2"}
+        algo.stop()
+    finally:
+        ray.shutdown()
+
+
+@pytest.mark.slow
+def test_tictactoe_league_trains_rates_and_plays(workdir, store_uri, capsys, monkeypatch):
+    """A short league run through the CLI: snapshots, Elo metrics and table, evaluation
+    against the references; then `trainyard eval --opponent` and `trainyard play`."""
+    import io
+
+    from conftest import REPO, runs_of
+    from trainyard.cli import main
+
+    assert main(["run", str(REPO / TTT_JOB), "-o", "stop.env_steps=8000",
+                 "-o", "agent.learning_starts=1000", "-o", "selfplay.snapshot_min_games=100",
+                 "-o", "selfplay.snapshot_win_rate=0.05", "-o", "selfplay.elo_games=6",
+                 "-o", "evaluation.every_iterations=4", "-o", "evaluation.episodes=20",
+                 "-o", "tracking.system_metrics=false"]) == 0
+    client, runs = runs_of(store_uri, "selfplay")
+    run = runs[0]
+    rid = run.info.run_id
+    history = client.get_metric_history(rid, "eval/win_rate_vs_random")
+    assert len(history) >= 2 and max(m.step for m in history) >= 8000  # every 4th, the end
+    assert all(0 <= m.value <= 1 for m in history)
+    assert run.data.metrics["league/snapshots"] >= 2
+    assert np.isfinite(run.data.metrics["elo/latest_snapshot"])
+    assert run.data.metrics["elo/random"] == 0
+    table = client.download_artifacts(rid, "league/elo_ratings.csv", str(workdir))
+    rows = open(table).read().splitlines()
+    assert rows[0] == "player,kind,env_steps,elo,games"
+    assert {r.split(",")[0] for r in rows[1:]} >= {"random", "alphabeta2", "snapshot_1",
+                                                   "snapshot_2"}
+    assert "league/elo.png" in [a.path for a in client.list_artifacts(rid, "league")]
+    capsys.readouterr()
+
+    assert main(["eval", rid, "--opponent", "random", "--episodes", "10"]) == 0
+    out = capsys.readouterr().out
+    assert "against random: 10 games (first move alternating): won" in out
+    assert main(["eval", rid, "--opponent", "minimax:3"]) == 2
+    assert "--opponent: unknown opponent 'minimax:3'" in capsys.readouterr().err
+
+    # a person plays x: an occupied cell and a word are refused, then every cell in turn
+    monkeypatch.setattr("sys.stdin", io.StringIO("4\n4\nmiddle\n" + "".join(
+        f"{c}\n" for c in (0, 1, 2, 3, 5, 6, 7, 8) * 2)))
+    assert main(["play", rid]) == 0
+    out = capsys.readouterr().out
+    assert "You play x and move first" in out
+    assert "'4' is not a legal move" in out and "'middle' is not a legal move" in out
+    assert out.rstrip().splitlines()[-1] in ("you won", "a draw", "the agent won")
