@@ -124,3 +124,43 @@ def test_rl_run_resumes_from_its_checkpoint(workdir, store_uri):
     iterations = [m.value for m in sorted(client.get_metric_history(run_id, "train/iteration"),
                                           key=lambda m: m.step)]
     assert iterations[-1] == len(steps)  # the iteration counter came back from the checkpoint
+
+
+def test_selfplay_run_resumes_with_its_league(workdir, store_uri):
+    """Self-play: the league (snapshots, win rates, games) comes back from the checkpoint,
+    the snapshot modules with their frozen weights, and the run goes on adding to it."""
+    import json
+
+    from conftest import REPO
+
+    proc = _start(REPO / "agents/configs/selfplay_tictactoe.yaml",
+                  ["stop.env_steps=9k", "checkpoint.every_iterations=1",
+                   "agent.learning_starts=500", "selfplay.snapshot_min_games=60",
+                   "selfplay.snapshot_win_rate=0.05", "selfplay.elo_games=2",
+                   "evaluation.episodes=4", "tracking.experiment=sp-resume",
+                   "tracking.system_metrics=false"], workdir)
+    client = MlflowClient(store_uri)
+
+    def snapshots_saved(run):
+        folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
+        leagues = sorted(folder.glob("checkpoint_*/league.json"))
+        return len(json.loads(leagues[-1].read_text())["snapshots"]) if leagues else 0
+
+    def league_saved():
+        run = _checkpointed_run(client, "sp-resume", workdir)
+        return run if run is not None and snapshots_saved(run) else None
+
+    run = _wait_for(league_saved, proc)
+    _kill_group(proc)
+    run_id = run.info.run_id
+    before = snapshots_saved(run)  # in the latest checkpoint, the one resume starts from
+    assert before >= 1
+
+    assert main(["resume", run_id, "--tracking-uri", store_uri]) == 0
+    after = client.get_run(run_id)
+    assert after.info.status == "FINISHED"
+    snapshots = [m.value for m in sorted(client.get_metric_history(run_id, "league/snapshots"),
+                                         key=lambda m: (m.step, m.timestamp))]
+    assert snapshots == sorted(snapshots) and snapshots[-1] > before  # none lost, more added
+    steps = _steps(client, run_id, "train/iteration")
+    assert steps == sorted(set(steps)) and steps[-1] >= 9000
