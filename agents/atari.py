@@ -9,7 +9,8 @@ out *single* uint8 frames. The frames are stacked where they are used:
   Q-network when acting;
 - `FrameStackEpisodeReplayBuffer`, the replay buffer, keeps episodes of single frames (7 KiB
   a step, so the Nature recipe's 1M transitions fit in ~7 GB) and stacks frames when it
-  samples a batch;
+  samples a batch; `FrameStackPrioritizedEpisodeReplayBuffer` does the same with
+  prioritized sampling (RLlib's sum trees, importance weights, TD-error priorities);
 - `AtariQModule`, the Q-network, takes uint8 frames and scales them to [0, 1] itself.
 
 Evaluation plays full games (no life-loss terminal) on unclipped rewards through Gymnasium's
@@ -28,6 +29,9 @@ from ray.rllib.core.columns import Columns
 from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 from ray.rllib.env.utils.infinite_lookback_buffer import InfiniteLookbackBuffer
 from ray.rllib.utils.replay_buffers.episode_replay_buffer import EpisodeReplayBuffer
+from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
+    PrioritizedEpisodeReplayBuffer,
+)
 
 from trainyard.agents.envs import SCREEN, AtariSettings, rom_name
 
@@ -187,31 +191,73 @@ class FrameStackEpisodeReplayBuffer(EpisodeReplayBuffer):
                n_step: int | tuple | None = 1, gamma: float = 0.99, **kwargs):
         size = num_items or batch_size_B or self.batch_size_B
         out: list[SingleAgentEpisode] = []
-        k = self.num_frames
         while len(out) < size:
             index, t = self._indices[self.rng.integers(len(self._indices))]
-            episode = self.episodes[index - self._num_episodes_evicted]
-            n = n_step if isinstance(n_step, int) else int(self.rng.integers(*n_step))
-            n = min(n, len(episode) - t)
-            if n < 1:
-                continue
-            frames = np.asarray(episode.get_observations(indices=stack_indices(t + n, k + n)))
-            rewards = np.asarray(episode.get_rewards(indices=list(range(t, t + n))),
-                                 dtype=np.float64)
-            end = t + n == len(episode)
-            sample = SingleAgentEpisode(
-                id_=episode.id_, agent_id=episode.agent_id, module_id=episode.module_id,
-                observation_space=self._space, action_space=episode.action_space,
-                observations=[stacked(frames[:k]), stacked(frames[n:])],
-                actions=[episode.get_actions(t)],
-                rewards=[float(np.sum(rewards * gamma ** np.arange(n)))],
-                infos=[{}, {}], terminated=end and episode.is_terminated,
-                truncated=end and episode.is_truncated, t_started=t, len_lookback_buffer=0)
-            sample.extra_model_outputs["n_step"] = InfiniteLookbackBuffer(np.array([n]))
-            sample.extra_model_outputs["weights"] = InfiniteLookbackBuffer(np.ones(1))
-            out.append(sample)
+            sample = _stacked_transition(self, index, t, n_step, gamma, 1.0)
+            if sample is not None:
+                out.append(sample)
         self.sampled_timesteps += size
         return out
+
+
+class FrameStackPrioritizedEpisodeReplayBuffer(PrioritizedEpisodeReplayBuffer):
+    """Prioritized replay (Schaul et al. 2016) of single uint8 frames, stacked when sampled.
+
+    RLlib's sum and min trees hold one priority per stored step (a new step gets the highest
+    priority so far); a step is drawn with probability p^alpha / sum, weighted by
+    (N * P)^-beta / max weight; the DQN loop then sets the drawn steps' priorities to their
+    TD errors (`update_priorities`)."""
+
+    def __init__(self, capacity: int = 10000, *, num_frames: int = 4, **kwargs):
+        super().__init__(capacity, **kwargs)
+        self.num_frames = num_frames
+        self._space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, num_frames), np.uint8)
+
+    def sample(self, num_items: int | None = None, *, batch_size_B: int | None = None,
+               n_step: int | tuple | None = 1, gamma: float = 0.99, beta: float = 0.0,
+               **kwargs):
+        size = num_items or batch_size_B or self.batch_size_B
+        total, stored = self._sum_segment.sum(), self.get_num_timesteps()
+        max_weight = (self._min_segment.min() / total * stored) ** (-beta)
+        self._last_sampled_indices = []
+        out: list[SingleAgentEpisode] = []
+        while len(out) < size:
+            node = self._sum_segment.find_prefixsum_idx(self.rng.random() * total)
+            index, t = self._indices[self._tree_idx_to_sample_idx[node]][:2]
+            weight = (self._sum_segment[node] / total * stored) ** (-beta) / max_weight
+            sample = _stacked_transition(self, index, t, n_step, gamma, weight)
+            if sample is not None:
+                out.append(sample)
+                self._last_sampled_indices.append(node)
+        self.sampled_timesteps += size
+        return out
+
+
+def _stacked_transition(buffer, index: int, t: int, n_step, gamma: float,
+                        weight: float) -> SingleAgentEpisode | None:
+    """Stored step t of episode `index` as RLlib's 2-observation episode: the stacked frames
+    at t and at t + n, the n-step discounted reward (n shortened at the episode's end), the
+    importance weight. None if the step cannot start a transition."""
+    episode = buffer.episodes[index - buffer._num_episodes_evicted]
+    k = buffer.num_frames
+    n = n_step if isinstance(n_step, int) else int(buffer.rng.integers(*n_step))
+    n = min(n, len(episode) - t)
+    if n < 1:
+        return None
+    frames = np.asarray(episode.get_observations(indices=stack_indices(t + n, k + n)))
+    rewards = np.asarray(episode.get_rewards(indices=list(range(t, t + n))), dtype=np.float64)
+    end = t + n == len(episode)
+    sample = SingleAgentEpisode(
+        id_=episode.id_, agent_id=episode.agent_id, module_id=episode.module_id,
+        observation_space=buffer._space, action_space=episode.action_space,
+        observations=[stacked(frames[:k]), stacked(frames[n:])],
+        actions=[episode.get_actions(t)],
+        rewards=[float(np.sum(rewards * gamma ** np.arange(n)))],
+        infos=[{}, {}], terminated=end and episode.is_terminated,
+        truncated=end and episode.is_truncated, t_started=t, len_lookback_buffer=0)
+    sample.extra_model_outputs["n_step"] = InfiniteLookbackBuffer(np.array([n]))
+    sample.extra_model_outputs["weights"] = InfiniteLookbackBuffer(np.array([weight]))
+    return sample
 
 
 class AtariQModule(DefaultDQNTorchRLModule):

@@ -81,7 +81,8 @@ def build_config(spec: "RLJob", seed: int):
 
     agent, res, faults = spec.agent, spec.resources, spec.fault_tolerance
     replay = {"type": "PrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
-              else "EpisodeReplayBuffer", "capacity": agent.replay_capacity}
+              else "EpisodeReplayBuffer", "capacity": agent.replay_capacity,
+              **_priorities(agent)}
     config = (
         DQNConfig()
         .environment(agent.env)
@@ -138,25 +139,37 @@ def _atari(config, agent) -> None:
                        episode_lookback_horizon=k)
     # by dotted name: RLlib tells episode buffers from the old stack's by "EpisodeReplayBuffer"
     # in the type's name
+    kind = ("FrameStackPrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
+            else "FrameStackEpisodeReplayBuffer")
     config.training(replay_buffer_config={
-        "type": "trainyard.agents.atari.FrameStackEpisodeReplayBuffer",
-        "capacity": agent.replay_capacity, "num_frames": k})
+        "type": f"trainyard.agents.atari.{kind}", "capacity": agent.replay_capacity,
+        "num_frames": k, **_priorities(agent)})
     config.rl_module(rl_module_spec=RLModuleSpec(
         module_class=AtariQModule, model_config=_model_config(agent, DefaultModelConfig)))
+
+
+def _priorities(agent) -> dict:
+    """Prioritized replay's exponents (RLlib reads them from the replay buffer config)."""
+    if not agent.prioritized_replay:
+        return {}
+    return {"alpha": agent.priority_alpha, "beta": agent.priority_beta}
 
 
 def _model_config(agent, model_config_class):
     """The Q-network: an MLP for vector observations; a conv stack then the MLP head for
     image observations (Atari frames, MinAtar's 10x10 channels)."""
     from trainyard.agents.envs import MINATAR_CNN, NATURE_CNN, is_minatar
+    from trainyard.agents.games import is_game
 
     conv = agent.conv_filters or (MINATAR_CNN if is_minatar(agent.env) else
                                   NATURE_CNN if agent.env.startswith("ALE/") else None)
     if conv is None:
         return model_config_class(fcnet_hiddens=list(agent.hidden))
     # unpadded ("valid") convolutions, as in both papers: 84 -> 20 -> 9 -> 7 on Atari, 10 -> 8
-    # on MinAtar (RLlib pads to "same" by default: 2.5x the features into the Q head)
-    return model_config_class(conv_filters=[[*layer, "valid"] for layer in conv],
+    # on MinAtar (RLlib pads to "same" by default: 2.5x the features into the Q head); board
+    # games keep the board's size (a line at the edge matters as much as one in the middle)
+    padding = "same" if is_game(agent.env) else "valid"
+    return model_config_class(conv_filters=[[*layer, padding] for layer in conv],
                               head_fcnet_hiddens=list(agent.hidden))
 
 
@@ -192,8 +205,7 @@ def _restore(algo, ctx: "RunContext", root: Path, league=None) -> dict | None:
         league.restore_modules(algo)
     algo.restore_from_path(str(folder))
     if league is not None:
-        algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
-                                           inference_only=True)
+        league.restored(algo)
     return progress
 
 

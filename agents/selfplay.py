@@ -363,8 +363,10 @@ def configure(config, agent, league, model_config, seed: int) -> None:
     config.callbacks(LeagueCallback)
     kind = ("MainOnlyPrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
             else "MainOnlyEpisodeReplayBuffer")
-    config.training(replay_buffer_config={"type": f"trainyard.agents.selfplay.{kind}",
-                                          "capacity": agent.replay_capacity})
+    replay = {"type": f"trainyard.agents.selfplay.{kind}", "capacity": agent.replay_capacity}
+    if agent.prioritized_replay:
+        replay.update(alpha=agent.priority_alpha, beta=agent.priority_beta)
+    config.training(replay_buffer_config=replay)
 
 
 # --------------------------------------------------------------------------- the driver's side
@@ -379,6 +381,19 @@ def _numpy_copy(state):
     if isinstance(state, np.ndarray):
         return state.copy()
     return state
+
+
+def _set_on_env_runners(algo, module_id: str, weights: dict) -> None:
+    """Put a module's weights on every env runner (the local one included) now. (RLlib's
+    `sync_weights` skips an env runner whose weights carry the learner's current sequence
+    number: weights set on the learner between two updates would not arrive.)"""
+
+    def put(runner, _module_id=module_id, _weights=weights):
+        module = runner.module[_module_id]
+        own = module.get_state()
+        module.set_state({k: v for k, v in _weights.items() if k in own})
+
+    algo.env_runner_group.foreach_env_runner(put, local_env_runner=True)
 
 
 class League:
@@ -423,7 +438,7 @@ class League:
         decay = self.config.win_rate_decay
         for opponent, c in counts.items():
             games, score = float(c.get("games", 0)), float(c.get("score", 0))
-            if games <= 0:
+            if not games > 0:  # none this iteration (RLlib reports an empty sum as nan)
                 continue
             old = self.state.win_rate.get(opponent)
             rate = score / games
@@ -431,12 +446,12 @@ class League:
                 decay ** games * old + (1 - decay ** games) * rate)
             self.state.games_since_snapshot += int(games)
         metrics = {f"league/win_rate/{o}": r for o, r in self.state.win_rate.items()}
-        metrics["league/snapshots"] = float(len(self.state.snapshots))
         pool_rate = self.pool_win_rate()
         metrics["league/win_rate_vs_pool"] = pool_rate
         if (self.state.games_since_snapshot >= self.config.snapshot_min_games
                 and pool_rate >= self.config.snapshot_win_rate):
             metrics.update(self.snapshot(algo, env_steps))
+        metrics["league/snapshots"] = float(len(self.state.snapshots))
         self._push_mapping(algo)
         return metrics
 
@@ -446,8 +461,7 @@ class League:
         weights = _numpy_copy(algo.learner_group.get_weights(module_ids=[MAIN])[MAIN])
         self._add_module(algo, sid)
         algo.learner_group.set_weights({sid: weights})
-        algo.env_runner_group.sync_weights(from_worker_or_learner_group=algo.learner_group,
-                                           policies=[sid], inference_only=True)
+        _set_on_env_runners(algo, sid, weights)
         self.state.snapshots.append(sid)
         self.state.players[sid] = Rated(sid, "snapshot", env_steps)
         self.state.win_rate[sid] = 0.5
@@ -556,6 +570,13 @@ class League:
 
     def restore_modules(self, algo) -> None:
         """Before restoring a checkpoint: add the snapshot modules it holds (their weights
-        come with the checkpoint)."""
+        come with the checkpoint, into the learner)."""
         for sid in self.state.snapshots:
             self._add_module(algo, sid)
+
+    def restored(self, algo) -> None:
+        """After restoring: the snapshots' weights from the learner to the env runners."""
+        if self.state.snapshots:
+            weights = algo.learner_group.get_weights(module_ids=self.state.snapshots)
+            for sid in self.state.snapshots:
+                _set_on_env_runners(algo, sid, _numpy_copy(weights[sid]))

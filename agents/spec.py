@@ -91,10 +91,18 @@ class DQNAgent(Section):
     hidden: list[int] = Field([64, 64], min_length=1, description="MLP layer widths (for "
                               "image observations: the Q head's layers after the conv stack)")
     conv_filters: list[list[int]] | None = Field(
-        None, description="conv layers [channels, kernel, stride] for image observations; "
-        "default: the Nature DQN stack for ALE/ games, one [16, 3, 1] layer for MinAtar/")
+        None, description="conv layers [channels, kernel, stride] for image observations "
+        "(unpadded; padded to keep the board's size for OpenSpiel/ games); default: the "
+        "Nature DQN stack for ALE/ games, one [16, 3, 1] layer for MinAtar/, none (an MLP) "
+        "for board games")
     replay_capacity: Count = Field(50_000, ge=1, description="transitions kept in replay")
-    prioritized_replay: bool = Field(True, description="prioritized experience replay")
+    prioritized_replay: bool = Field(True, description="prioritized experience replay "
+                                     "(default off for ALE/ games: the Nature recipe is "
+                                     "uniform)")
+    priority_alpha: float = Field(0.6, ge=0, le=1, description="prioritized replay: how much "
+                                  "priorities count (0: uniform)")
+    priority_beta: float = Field(0.4, ge=0, le=1, description="prioritized replay: strength "
+                                 "of the importance-sampling correction")
     learning_starts: Count = Field(1_000, ge=0, description="env steps before learning")
     target_update_every: Count = Field(500, ge=1, description="env steps between target syncs")
     epsilon_start: float = Field(1.0, ge=0, le=1, description="initial exploration rate")
@@ -122,15 +130,9 @@ class DQNAgent(Section):
 
     @model_validator(mode="after")
     def _atari_replay(self) -> "DQNAgent":
-        if not is_atari(self.env) or not self.prioritized_replay:
-            return self
-        if "prioritized_replay" not in self.model_fields_set:  # the default: uniform here
-            self.prioritized_replay = False
-            return self
-        raise ValueError(
-            f"agent.prioritized_replay: {self.env} stores each frame once in a uniform replay "
-            "(1M transitions in ~7 GB); prioritized replay of stacked frames is not supported "
-            "yet; set agent.prioritized_replay: false")
+        if is_atari(self.env) and "prioritized_replay" not in self.model_fields_set:
+            self.prioritized_replay = False  # the default there: the Nature recipe's uniform
+        return self
 
     @field_validator("conv_filters")
     @classmethod

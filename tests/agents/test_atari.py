@@ -106,11 +106,33 @@ def test_evaluation_env_plays_whole_games_on_the_real_score():
     env.close()
 
 
-def test_prioritized_replay_is_refused_for_atari_only_when_asked_for():
-    assert DQNAgent(env="ALE/Pong-v5").prioritized_replay is False
-    with pytest.raises(ValueError, match="agent.prioritized_replay"):
-        DQNAgent(env="ALE/Pong-v5", prioritized_replay=True)
+def test_prioritized_replay_is_off_by_default_for_atari_and_on_when_asked_for():
+    assert DQNAgent(env="ALE/Pong-v5").prioritized_replay is False  # Nature: uniform
+    assert DQNAgent(env="ALE/Pong-v5", prioritized_replay=True).prioritized_replay is True
     assert DQNAgent(env="CartPole-v1").prioritized_replay is True
+
+
+def test_prioritized_replay_of_stacked_frames_follows_the_td_errors():
+    buffer = atari.FrameStackPrioritizedEpisodeReplayBuffer(capacity=1000, num_frames=4,
+                                                           alpha=1.0)
+    buffer.add([_episode(10)])
+    # new steps share the top priority: uniform draws, weights 1, frames stacked as always
+    first = buffer.sample(200, n_step=1, gamma=0.5, beta=0.4)
+    assert {float(s.extra_model_outputs["weights"][0]) for s in first} == {1.0}
+    for sample in first[:20]:
+        t = sample.t_started
+        assert list(sample.get_observations(0)[0, 0]) == atari.stack_indices(t, 4)
+        assert sample.get_rewards(0) == t + 1
+    assert len({s.t_started for s in first}) == 10
+    # the learner reports TD errors for the drawn steps: step 7's is 100x the others'
+    buffer.update_priorities(np.array([100.0 if s.t_started == 7 else 1.0 for s in first]),
+                             "default_policy")
+    drawn = buffer.sample(2000, n_step=1, gamma=0.5, beta=1.0)
+    share = np.mean([s.t_started == 7 for s in drawn])
+    assert share == pytest.approx(100 / 109, abs=0.03)  # p^alpha / sum, alpha 1
+    weights = {s.t_started: float(s.extra_model_outputs["weights"][0]) for s in drawn}
+    assert weights[7] == pytest.approx(0.01, rel=1e-6)  # (N P)^-beta / max weight, beta 1
+    assert max(w for t, w in weights.items() if t != 7) == pytest.approx(1.0)
 
 
 def test_rollout_fragment_must_hold_n_step():

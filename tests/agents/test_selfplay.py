@@ -241,6 +241,9 @@ def test_a_snapshot_is_a_frozen_deep_copy_of_main():
         main_then = {k: v.copy() for k, v in
                      algo.learner_group.get_weights([MAIN])[MAIN].items()}
         assert all(np.array_equal(frozen[k], main_then[k]) for k in frozen)
+        # the env runners play (and the league rates) the snapshot with these weights at once
+        playing = algo.get_module("snapshot_1").get_state()
+        assert all(np.array_equal(frozen[k], np.asarray(playing[k])) for k in playing)
         for _ in range(3):
             algo.train()
         learner = algo.learner_group.get_weights(["snapshot_1", MAIN])
