@@ -41,8 +41,10 @@ from trainyard.agents.games import (
     GameInfo,
     Match,
     Player,
+    actions_are_columns,
     game_info,
     head_to_head,
+    legal_mask,
     reference_player,
 )
 
@@ -59,9 +61,7 @@ def module_id(opponent: str) -> str:
 
 
 def _spaces(info: GameInfo):
-    obs = gym.spaces.Dict({
-        "observations": gym.spaces.Box(0.0, 1.0, (info.rows, info.cols, 2), np.float32),
-        "action_mask": gym.spaces.Box(0.0, 1.0, (info.num_actions,), np.float32)})
+    obs = gym.spaces.Box(0.0, 1.0, (info.rows, info.cols, 3), np.float32)
     return obs, gym.spaces.Discrete(info.num_actions)
 
 
@@ -76,9 +76,8 @@ class GameEnv(MultiAgentEnv):
         self.action_spaces = {a: action_space for a in AGENTS}
         self.match: Match | None = None
 
-    def _obs(self, player: int) -> dict:
-        return {"observations": self.match.observation(player),
-                "action_mask": self.match.mask()}
+    def _obs(self, player: int) -> np.ndarray:
+        return self.match.observation(player)
 
     def reset(self, *, seed=None, options=None):
         self.match = Match(self.info)
@@ -102,31 +101,34 @@ class GameEnv(MultiAgentEnv):
 
 
 class MaskedQModule(DefaultDQNTorchRLModule):
-    """DQN's Q-network on the board planes; the Q-values of illegal actions are -inf."""
+    """DQN's Q-network on the board planes; the Q-values of illegal actions are -inf (the
+    mask is read off the observation's plane 2, see trainyard.agents.games)."""
 
     def __init__(self, *, observation_space=None, action_space=None, model_config=None,
                  **kwargs):
-        self.observation_space_with_mask = observation_space
-        inner = observation_space["observations"]
+        self.board_space = observation_space
         conv = (model_config.get("conv_filters") if isinstance(model_config, dict)
                 else getattr(model_config, "conv_filters", None))
         self.flatten = not conv  # an MLP sees the planes as one vector
         if self.flatten:
-            inner = gym.spaces.Box(0.0, 1.0, (int(np.prod(inner.shape)),), np.float32)
-        super().__init__(observation_space=inner, action_space=action_space,
+            observation_space = gym.spaces.Box(
+                0.0, 1.0, (int(np.prod(observation_space.shape)),), np.float32)
+        super().__init__(observation_space=observation_space, action_space=action_space,
                          model_config=model_config, **kwargs)
 
     def setup(self):
         super().setup()
-        self.observation_space = self.observation_space_with_mask
+        self.observation_space = self.board_space
 
     def _qf_forward_helper(self, batch, encoder, head):
-        obs = batch[Columns.OBS]
-        planes = obs["observations"]
-        if self.flatten:
-            planes = planes.reshape(planes.shape[0], -1)
+        board = batch[Columns.OBS]
+        planes = board.reshape(board.shape[0], -1) if self.flatten else board
         out = super()._qf_forward_helper({**batch, Columns.OBS: planes}, encoder, head)
-        out[QF_PREDS] = out[QF_PREDS].masked_fill(obs["action_mask"] <= 0, -torch.inf)
+        targets = board[..., 2]  # the cells legal moves would fill
+        mask = (targets.amax(dim=-2) if actions_are_columns(self.action_space.n,
+                                                            *targets.shape[-2:])
+                else targets.flatten(-2))
+        out[QF_PREDS] = out[QF_PREDS].masked_fill(mask <= 0, -torch.inf)
         return out
 
 
@@ -140,10 +142,9 @@ class ReferenceModule(RLModule):
                                        config.get("seed"))
 
     def _forward(self, batch, **kwargs):
-        obs = batch[Columns.OBS]
-        planes = np.asarray(obs["observations"])
-        masks = np.asarray(obs["action_mask"])
-        actions = [self.player.act(planes[i], masks[i]) for i in range(len(planes))]
+        boards = np.asarray(batch[Columns.OBS])
+        masks = legal_mask(boards, self.action_space.n)
+        actions = [self.player.act(boards[i], masks[i]) for i in range(len(boards))]
         return {Columns.ACTIONS: torch.as_tensor(actions, dtype=torch.int64)}
 
     def _forward_train(self, *args, **kwargs):
@@ -165,8 +166,7 @@ class QPlayer:
         if self.epsilon and self.rng.random() < self.epsilon:
             return int(self.rng.choice(np.flatnonzero(mask)))
         with torch.no_grad():
-            batch = {Columns.OBS: {"observations": torch.as_tensor(obs[None]),
-                                   "action_mask": torch.as_tensor(mask[None])}}
+            batch = {Columns.OBS: torch.as_tensor(obs[None])}
             return int(self.module.forward_inference(batch)[Columns.ACTIONS][0])
 
 

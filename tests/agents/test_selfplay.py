@@ -13,6 +13,7 @@ from trainyard.agents.games import (
     RandomPlayer,
     Rules,
     head_to_head,
+    legal_mask,
     play_game,
     reference_player,
 )
@@ -64,10 +65,17 @@ def test_known_positions():
     assert _match(TTT, [0, 1, 4, 2, 8]).returns() == (1.0, -1.0)
     draw = _match(TTT, [0, 1, 2, 4, 3, 5, 7, 6, 8])
     assert draw.over and draw.returns() == (0.0, 0.0)
-    # what a player sees: its own pieces in plane 0, from either side
+    # what a player sees: its own pieces in plane 0, from either side; in plane 2 the cells
+    # its legal moves would fill, which is the legal-move mask
     match = _match(TTT, [4, 0])
     assert match.observation(0)[1, 1, 0] == 1 and match.observation(0)[0, 0, 1] == 1
     assert match.observation(1)[0, 0, 0] == 1 and match.observation(1)[1, 1, 1] == 1
+    assert list(legal_mask(match.observation(0), 9)) == list(match.mask())
+    c4 = _match(C4, [3, 3, 3, 3, 3, 3, 0])
+    landing = c4.observation(1)[..., 2]
+    assert landing[1, 0] == 1 and landing[0, 1] == 1 and landing[:, 3].sum() == 0
+    assert list(legal_mask(c4.observation(1), 7)) == list(c4.mask()) == [1, 1, 1, 0, 1, 1, 1]
+    assert not legal_mask(_match(TTT, [0, 1, 4, 2, 8]).observation(1), 9).any()  # game over
     assert match.draw().splitlines() == ["o 1 2", "3 x 5", "6 7 8"]
     assert _match(C4, [3, 3]).draw().splitlines()[-3:] == [
         ". . . o . . .", ". . . x . . .", "0 1 2 3 4 5 6"]
@@ -178,9 +186,7 @@ def test_masked_q_module_never_picks_an_illegal_move():
             "env": "OpenSpiel/connect_four", **model}})
         module = main_spec(C4, build_config(spec, 0).model_config).build()
         match = _match(C4, [3, 3, 3, 3, 3, 3, 0, 0, 0, 0, 0, 0])  # columns 0 and 3 full
-        batch = {Columns.OBS: {
-            "observations": torch.as_tensor(np.stack([match.observation(0)] * 64)),
-            "action_mask": torch.as_tensor(np.stack([match.mask()] * 64))}}
+        batch = {Columns.OBS: torch.as_tensor(np.stack([match.observation(0)] * 64))}
         q = module.compute_q_values(batch)["qf_preds"]
         assert torch.isinf(q[:, [0, 3]]).all() and torch.isfinite(q[:, [1, 2, 4, 5, 6]]).all()
         module.epsilon_schedule.update(0)  # epsilon 1: every action random
