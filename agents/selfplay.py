@@ -278,10 +278,14 @@ def fit_one(results: list[tuple[str, str, int, int, int]], name: str,
 def opponent_weights(names: list[str], win_rate: dict[str, float], sampling: str,
                      self_play_share: float) -> tuple[list[str], list[float]]:
     """The opponents `main` is drawn against and their weights: uniform over the pool, or
-    prioritized fictitious self-play (weight (1 - win rate)^2: more games against what it
-    loses to); `self_play_share` of the games against the current `main` itself."""
+    prioritized fictitious self-play (AlphaStar's weightings of main's win rate p against
+    each): `pfsp`, (1 - p)^2, more games against what it loses to; `pfsp_even`, p (1 - p),
+    more games against what it beats half the time (a curriculum while main is weak);
+    `self_play_share` of the games against the current `main` itself."""
     if sampling == "pfsp":
         raw = [max((1.0 - win_rate.get(n, 0.5)) ** 2, 0.02) for n in names]
+    elif sampling == "pfsp_even":
+        raw = [max(win_rate.get(n, 0.5) * (1.0 - win_rate.get(n, 0.5)), 0.02) for n in names]
     else:
         raw = [1.0] * len(names)
     total = sum(raw)
@@ -414,9 +418,12 @@ class League:
         return [*self.references, *self.state.snapshots[-self.config.pool_size:]]
 
     def pool_win_rate(self) -> float:
-        """Main's recent score against the pool: the mean over its opponents of the decayed
-        win rate (a draw counts half; an opponent not met yet counts 0.5)."""
-        return float(np.mean([self.state.win_rate.get(o, 0.5) for o in self.pool()]))
+        """Main's recent score against its frozen selves: the mean over the snapshots in the
+        pool of the decayed win rate (a draw counts half; one not met yet counts 0.5). The
+        references stay out of it: a search main cannot beat yet must not stop the league
+        from growing."""
+        snapshots = self.state.snapshots[-self.config.pool_size:]
+        return float(np.mean([self.state.win_rate.get(o, 0.5) for o in snapshots]))
 
     def mapping(self) -> LeagueMapping:
         names, weights = opponent_weights(self.pool(), self.state.win_rate,
@@ -446,6 +453,8 @@ class League:
                 decay ** games * old + (1 - decay ** games) * rate)
             self.state.games_since_snapshot += int(games)
         metrics = {f"league/win_rate/{o}": r for o, r in self.state.win_rate.items()}
+        if not self.state.snapshots:  # the league starts with main as it starts out
+            metrics.update(self.snapshot(algo, env_steps))
         pool_rate = self.pool_win_rate()
         metrics["league/win_rate_vs_pool"] = pool_rate
         if (self.state.games_since_snapshot >= self.config.snapshot_min_games
@@ -457,7 +466,7 @@ class League:
 
     def snapshot(self, algo, env_steps: int) -> dict[str, float]:
         """Freeze a deep copy of `main` into the pool, and rate it."""
-        sid = f"snapshot_{len(self.state.snapshots) + 1}"
+        sid = f"snapshot_{len(self.state.snapshots)}"
         weights = _numpy_copy(algo.learner_group.get_weights(module_ids=[MAIN])[MAIN])
         self._add_module(algo, sid)
         algo.learner_group.set_weights({sid: weights})

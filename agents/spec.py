@@ -166,15 +166,16 @@ class SelfPlay(Section):
         ["random", "alphabeta:2"], min_length=1,
         description="fixed reference opponents: random (the Elo anchor, rated 0) and "
         "alphabeta:<depth> (a depth-limited alpha-beta search)")
-    sampling: Literal["pfsp", "uniform"] = Field(
+    sampling: Literal["pfsp", "pfsp_even", "uniform"] = Field(
         "pfsp", description="how main's opponents are drawn from the pool: pfsp (prioritized "
-        "fictitious self-play: more games against the opponents it loses to) or uniform")
+        "fictitious self-play: more games against the opponents it loses to), pfsp_even "
+        "(more games against those it beats about half the time: a curriculum) or uniform")
     self_play_share: float = Field(0.2, ge=0, lt=1, description="share of games main plays "
                                    "against its current self")
     snapshot_win_rate: float = Field(0.7, gt=0, le=1, description="freeze a snapshot of main "
-                                     "into the pool once its recent score against the pool "
-                                     "(win 1, draw 0.5; the mean over the pool's players) "
-                                     "reaches this")
+                                     "into the pool once its recent score against the "
+                                     "snapshots in the pool (win 1, draw 0.5; their mean) "
+                                     "reaches this; snapshot_0 is main before training")
     snapshot_min_games: Count = Field(1000, ge=1, description="league games (not counting "
                                       "self-play) between snapshots, at least")
     pool_size: int = Field(20, ge=1, description="the latest snapshots main is drawn against "

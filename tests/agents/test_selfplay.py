@@ -169,6 +169,11 @@ def test_pfsp_favours_what_main_loses_to():
     w = dict(zip(names, weights, strict=True))
     assert w["alphabeta2"] > w["snapshot_1"] > w["random"] > 0
     assert w[MAIN] == pytest.approx(0.2) and sum(weights) == pytest.approx(1.0)
+    names, weights = opponent_weights(["random", "alphabeta2", "snapshot_1"],
+                                      {"random": 0.95, "alphabeta2": 0.0, "snapshot_1": 0.5},
+                                      "pfsp_even", self_play_share=0)
+    w = dict(zip(names, weights, strict=True))
+    assert w["snapshot_1"] > w["random"] > w["alphabeta2"] > 0
     names, weights = opponent_weights(["random", "alphabeta2"], {"random": 0.9}, "uniform", 0)
     assert names == ["random", "alphabeta2"] and weights == [0.5, 0.5]
 
@@ -243,24 +248,24 @@ def test_a_snapshot_is_a_frozen_deep_copy_of_main():
             algo.train()
         metrics = league.snapshot(algo, 2000)
         frozen = {k: v.copy() for k, v in
-                  algo.learner_group.get_weights(["snapshot_1"])["snapshot_1"].items()}
+                  algo.learner_group.get_weights(["snapshot_0"])["snapshot_0"].items()}
         main_then = {k: v.copy() for k, v in
                      algo.learner_group.get_weights([MAIN])[MAIN].items()}
         assert all(np.array_equal(frozen[k], main_then[k]) for k in frozen)
         # the env runners play (and the league rates) the snapshot with these weights at once
-        playing = algo.get_module("snapshot_1").get_state()
+        playing = algo.get_module("snapshot_0").get_state()
         assert all(np.array_equal(frozen[k], np.asarray(playing[k])) for k in playing)
         for _ in range(3):
             algo.train()
-        learner = algo.learner_group.get_weights(["snapshot_1", MAIN])
-        changed = [k for k in frozen if not np.array_equal(frozen[k], learner["snapshot_1"][k])]
+        learner = algo.learner_group.get_weights(["snapshot_0", MAIN])
+        changed = [k for k in frozen if not np.array_equal(frozen[k], learner["snapshot_0"][k])]
         assert not changed  # its target network included
         assert any(not np.array_equal(main_then[k], learner[MAIN][k]) for k in main_then)
-        runner = algo.env_runner.module["snapshot_1"].get_state()
+        runner = algo.env_runner.module["snapshot_0"].get_state()
         assert all(np.array_equal(frozen[k], np.asarray(runner[k])) for k in runner)
         # the new snapshot was rated against both references, random anchoring the scale
         assert metrics["elo/random"] == 0 and np.isfinite(metrics["elo/latest_snapshot"])
-        assert {r[1] for r in league.state.results if r[0] == "snapshot_1"} == {
+        assert {r[1] for r in league.state.results if r[0] == "snapshot_0"} == {
             "random", "alphabeta2"}
         algo.stop()
     finally:
@@ -293,8 +298,8 @@ def test_tictactoe_league_trains_rates_and_plays(workdir, store_uri, capsys, mon
     table = client.download_artifacts(rid, "league/elo_ratings.csv", str(workdir))
     rows = open(table).read().splitlines()
     assert rows[0] == "player,kind,env_steps,elo,games"
-    assert {r.split(",")[0] for r in rows[1:]} >= {"random", "alphabeta2", "snapshot_1",
-                                                   "snapshot_2"}
+    assert {r.split(",")[0] for r in rows[1:]} >= {"random", "alphabeta2", "snapshot_0",
+                                                   "snapshot_1"}
     assert "league/elo.png" in [a.path for a in client.list_artifacts(rid, "league")]
     capsys.readouterr()
 
