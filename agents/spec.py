@@ -219,6 +219,11 @@ class RLJob(JobBase):
         elif self.selfplay is not None and not is_game(self.agent.env):
             raise ValueError(f"selfplay: {self.agent.env} is not a two-player game; self-play "
                              "needs agent.env OpenSpiel/connect_four or OpenSpiel/tic_tac_toe")
+        if self.selfplay is not None and self.agent.n_step > 1:
+            raise ValueError(
+                f"agent.n_step: {self.agent.n_step} with self-play; RLlib's multi-agent replay "
+                "never samples a move closer than n to the end of its game (the winning and "
+                "blocking moves), so set agent.n_step: 1")
         return self
 
     @model_validator(mode="after")

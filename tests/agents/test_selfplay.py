@@ -212,6 +212,9 @@ def test_selfplay_spec_errors():
         RLJob.model_validate({**base, "selfplay": {"opponents": ["minimax:3"]}})
     with pytest.raises(ValidationError, match="CartPole-v1 is not a two-player game"):
         RLJob.model_validate({**base, "agent": {"env": "CartPole-v1"}, "selfplay": {}})
+    with pytest.raises(ValidationError, match="set agent.n_step: 1"):
+        RLJob.model_validate({**base, "agent": {"env": "OpenSpiel/connect_four", "n_step": 3,
+                                                "rollout_fragment_length": 4}})
     with pytest.raises(ValidationError, match="did you mean: OpenSpiel/connect_four"):
         RLJob.model_validate({**base, "agent": {"env": "OpenSpiel/connect4"}})
 
