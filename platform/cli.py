@@ -284,31 +284,36 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         return _fail("--episodes must be at least 1", BAD_INPUT)
     if args.epsilon is not None and not 0 <= args.epsilon <= 1:
         return _fail("--epsilon must be between 0 and 1", BAD_INPUT)
-    try:
-        loaded, _, info = _read_run(args, "read")
-    except ValueError as err:
-        return _fail(str(err), BAD_INPUT)
-    spec = loaded.spec
-    evaluate = get_workload(spec.kind).evaluate
-    if evaluate is None:
-        return _fail(f"run {args.run_id} is a {spec.kind} job: trainyard eval plays RL agents; "
-                     "its test metrics are in MLflow already", BAD_INPUT)
+    found = _run_and_hook(args, "evaluate", "trainyard eval plays RL agents; its test "
+                          "metrics are in MLflow already")
+    if isinstance(found, int):
+        return found
+    spec, info, evaluate = found
     video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
     with launcher.ray_session(args.address, spec.resources.cpus, None):
         evaluate(spec, info, args.episodes, args.epsilon, video, args.opponent)
     return 0
 
 
-def _cmd_play(args: argparse.Namespace) -> int:
+def _run_and_hook(args: argparse.Namespace, hook: str, refusal: str):
+    """The run's spec and tags and its workload's `hook` (evaluate, play); or the exit code
+    of a one-line error when the run cannot be read or its kind has no such hook."""
     try:
         loaded, _, info = _read_run(args, "read")
     except ValueError as err:
         return _fail(str(err), BAD_INPUT)
     spec = loaded.spec
-    play = get_workload(spec.kind).play
-    if play is None:
-        return _fail(f"run {args.run_id} is a {spec.kind} job: trainyard play is for agents "
-                     "of two-player games", BAD_INPUT)
+    function = getattr(get_workload(spec.kind), hook)
+    if function is None:
+        return _fail(f"run {args.run_id} is a {spec.kind} job: {refusal}", BAD_INPUT)
+    return spec, info, function
+
+
+def _cmd_play(args: argparse.Namespace) -> int:
+    found = _run_and_hook(args, "play", "trainyard play is for agents of two-player games")
+    if isinstance(found, int):
+        return found
+    spec, info, play = found
     try:
         play(spec, info, not args.second)
     except EOFError:
