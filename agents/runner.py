@@ -80,9 +80,7 @@ def build_config(spec: "RLJob", seed: int):
     from trainyard.agents.learner import DQNLearner
 
     agent, res, faults = spec.agent, spec.resources, spec.fault_tolerance
-    replay = {"type": "PrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
-              else "EpisodeReplayBuffer", "capacity": agent.replay_capacity,
-              **_priorities(agent)}
+    replay = replay_config(agent, "EpisodeReplayBuffer", "PrioritizedEpisodeReplayBuffer")
     config = (
         DQNConfig()
         .environment(agent.env)
@@ -119,7 +117,10 @@ def build_config(spec: "RLJob", seed: int):
     if spec.selfplay is not None:
         from trainyard.agents.selfplay import configure
 
-        configure(config, agent, spec.selfplay, _model_config(agent, DefaultModelConfig), seed)
+        configure(config, agent, spec.selfplay, _model_config(agent, DefaultModelConfig), seed,
+                  replay_config(agent, "trainyard.agents.selfplay.MainOnlyEpisodeReplayBuffer",
+                                "trainyard.agents.selfplay."
+                                "MainOnlyPrioritizedEpisodeReplayBuffer"))
     return config
 
 
@@ -139,20 +140,20 @@ def _atari(config, agent) -> None:
                        episode_lookback_horizon=k)
     # by dotted name: RLlib tells episode buffers from the old stack's by "EpisodeReplayBuffer"
     # in the type's name
-    kind = ("FrameStackPrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
-            else "FrameStackEpisodeReplayBuffer")
-    config.training(replay_buffer_config={
-        "type": f"trainyard.agents.atari.{kind}", "capacity": agent.replay_capacity,
-        "num_frames": k, **_priorities(agent)})
+    config.training(replay_buffer_config=replay_config(
+        agent, "trainyard.agents.atari.FrameStackEpisodeReplayBuffer",
+        "trainyard.agents.atari.FrameStackPrioritizedEpisodeReplayBuffer", num_frames=k))
     config.rl_module(rl_module_spec=RLModuleSpec(
         module_class=AtariQModule, model_config=_model_config(agent, DefaultModelConfig)))
 
 
-def _priorities(agent) -> dict:
-    """Prioritized replay's exponents (RLlib reads them from the replay buffer config)."""
+def replay_config(agent, uniform: str, prioritized: str, **extra) -> dict:
+    """RLlib's replay_buffer_config for the agent: the `prioritized` buffer type (with the
+    spec's exponents) or the `uniform` one, the spec's capacity, and `extra` arguments."""
     if not agent.prioritized_replay:
-        return {}
-    return {"alpha": agent.priority_alpha, "beta": agent.priority_beta}
+        return {"type": uniform, "capacity": agent.replay_capacity, **extra}
+    return {"type": prioritized, "capacity": agent.replay_capacity,
+            "alpha": agent.priority_alpha, "beta": agent.priority_beta, **extra}
 
 
 def _model_config(agent, model_config_class):
@@ -411,6 +412,17 @@ def _should_stop(spec: "RLJob", progress: dict, metrics: dict, elapsed_s: float)
             and metrics.get("train/return_mean", float("-inf")) >= stop.return_target))
 
 
+def _latest_checkpoint(storage: Path) -> tuple[Path, dict]:
+    """The run's latest valid checkpoint and its progress; a clear error when it has none."""
+    from trainyard.spec import UserInputError
+
+    found = checkpoints.latest_valid(storage)
+    if found is None:
+        raise UserInputError(f"no checkpoint under {storage}: the run saved none yet (it saves "
+                             "every checkpoint.every_iterations and at the end)")
+    return found
+
+
 def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon: float,
                  video: Path | None) -> dict[str, float]:
     """`trainyard eval`: play a run's latest checkpoint; print the returns, maybe a GIF."""
@@ -418,13 +430,8 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
 
     from trainyard.agents.envs import make_env_creator
     from trainyard.agents.evaluate import play, write_gif
-    from trainyard.spec import UserInputError
 
-    found = checkpoints.latest_valid(storage)
-    if found is None:
-        raise UserInputError(f"no checkpoint under {storage}: the run saved none yet (it saves "
-                             "every checkpoint.every_iterations and at the end)")
-    folder, progress = found
+    folder, progress = _latest_checkpoint(storage)
     _quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))
     local = spec.model_copy(update={"resources": spec.resources.model_copy(
@@ -452,13 +459,8 @@ def load_main(spec: "RLJob", storage: Path):
     and the env steps it had trained for."""
     from trainyard.agents.games import game_info
     from trainyard.agents.selfplay import MAIN, main_spec
-    from trainyard.spec import UserInputError
 
-    found = checkpoints.latest_valid(storage)
-    if found is None:
-        raise UserInputError(f"no checkpoint under {storage}: the run saved none yet (it saves "
-                             "every checkpoint.every_iterations and at the end)")
-    folder, progress = found
+    folder, progress = _latest_checkpoint(storage)
     path = Path(folder) / "learner_group" / "learner" / "rl_module" / MAIN
     _refuse_pickles(path)
     # the model config as the algorithm completes it (DQN adds dueling, double_q, ...)
@@ -474,9 +476,13 @@ def evaluate_selfplay(spec: "RLJob", storage: Path, seed: int, games: int,
     games, moving first in half of them."""
     from trainyard.agents.games import game_info, head_to_head, reference_player
     from trainyard.agents.selfplay import QPlayer
+    from trainyard.spec import UserInputError
 
     info = game_info(spec.agent.env)
-    other = reference_player(opponent, info, seed)
+    try:  # the name first, before anything loads
+        other = reference_player(opponent, info, seed)
+    except ValueError as err:
+        raise UserInputError(f"--opponent: {err}") from None
     module, steps = load_main(spec, storage)
     w, d, l_ = head_to_head(info, QPlayer(module), other, games)
     print(f"{spec.agent.env}, agent at {steps:,} env steps, against {opponent}: {games} games "

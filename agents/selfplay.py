@@ -350,9 +350,10 @@ def main_spec(info: GameInfo, model_config):
                         action_space=action_space, model_config=model_config)
 
 
-def configure(config, agent, league, model_config, seed: int) -> None:
+def configure(config, agent, league, model_config, seed: int, replay: dict) -> None:
     """Make a DQN AlgorithmConfig a self-play one: the modules (`main`, the reference
-    opponents), who plays whom, the outcome counter, replay of `main`'s games only."""
+    opponents), who plays whom, the outcome counter, and `replay` (a MainOnly buffer: replay
+    of `main`'s games only)."""
     from ray.rllib.core.rl_module.multi_rl_module import MultiRLModuleSpec
 
     info = game_info(agent.env)
@@ -365,11 +366,6 @@ def configure(config, agent, league, model_config, seed: int) -> None:
                        policy_mapping_fn=LeagueMapping(names, weights, seed))
     config.rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
     config.callbacks(LeagueCallback)
-    kind = ("MainOnlyPrioritizedEpisodeReplayBuffer" if agent.prioritized_replay
-            else "MainOnlyEpisodeReplayBuffer")
-    replay = {"type": f"trainyard.agents.selfplay.{kind}", "capacity": agent.replay_capacity}
-    if agent.prioritized_replay:
-        replay.update(alpha=agent.priority_alpha, beta=agent.priority_beta)
     config.training(replay_buffer_config=replay)
 
 
@@ -404,7 +400,7 @@ class League:
     """The league around `main`, run by the driver after every training iteration."""
 
     def __init__(self, agent, league, seed: int):
-        self.agent, self.config, self.seed = agent, league, seed
+        self.config, self.seed = league, seed
         self.info = game_info(agent.env)
         self.references = [module_id(o) for o in league.opponents]
         self.state = LeagueState()

@@ -29,15 +29,8 @@ def _evaluate(spec, run_info, episodes, epsilon, video, opponent=None):
         if video is not None:
             raise UserInputError("--video records single-agent episodes; a two-player game's "
                                  "agent is watched with trainyard play RUN_ID")
-        from trainyard.agents.games import game_info, reference_player
-
-        opponent = opponent or spec.selfplay.opponents[-1]
-        try:
-            reference_player(opponent, game_info(spec.agent.env))
-        except ValueError as err:
-            raise UserInputError(f"--opponent: {err}") from None
         return evaluate_selfplay(spec, storage, seed, episodes or spec.evaluation.episodes,
-                                 opponent)
+                                 opponent or spec.selfplay.opponents[-1])
     if opponent is not None:
         raise UserInputError(f"--opponent is for two-player games; {spec.agent.env} has no "
                              "opponent")
