@@ -76,11 +76,29 @@ NATURE_CNN = [[32, 8, 4], [64, 4, 2], [64, 3, 1]]
 MINATAR_CNN = [[16, 3, 1]]
 
 
+def _cartpole_no_velocity(config=None):
+    """CartPole with the velocities hidden (cart position and pole angle only): one
+    observation cannot tell which way the pole is moving; a memory can."""
+    import gymnasium as gym
+    import numpy as np
+
+    env = gym.make("CartPole-v1", render_mode=(config or {}).get("render_mode"))
+    high = env.observation_space.high[[0, 2]]
+    space = gym.spaces.Box(-high, high, (2,), np.float32)
+    return gym.wrappers.TransformObservation(env, lambda obs: obs[[0, 2]].astype(np.float32),
+                                             space)
+
+
+#: partially observed variants of known tasks, by the id a spec names
+POMDP = {"CartPoleNoVelocity-v1": _cartpole_no_velocity}
+
+
 def check_env_id(env_id: str) -> str:
     """Return `env_id` if it is known; ValueError naming close matches if not."""
+    from trainyard.agents import doom
     from trainyard.agents.games import GAMES, PREFIX
 
-    known = known_env_ids() | {PREFIX + game for game in GAMES}
+    known = known_env_ids() | {PREFIX + game for game in GAMES} | doom.env_ids() | set(POMDP)
     if env_id in known:
         return env_id
     lowered = {k.lower(): k for k in known}
@@ -124,6 +142,13 @@ def make_eval_env(agent, render: bool = False):
         from trainyard.agents.atari import make_single_env
 
         return make_single_env(agent.env, agent.atari, training=False, stack=True, render=render)
+    from trainyard.agents import doom
+
+    if doom.is_doom(agent.env):
+        return doom.make_env(agent.env, agent.doom, training=False,
+                             render_mode="rgb_array" if render else None)
+    if agent.env in POMDP:
+        return POMDP[agent.env]({"render_mode": "rgb_array"} if render else {})
     return rllib_env_creator(agent.env)({"render_mode": "rgb_array"} if render else {})
 
 
@@ -139,4 +164,10 @@ def make_env_creator(agent):
         from trainyard.agents.atari import rllib_creator
 
         return rllib_creator(agent.env, agent.atari)
+    from trainyard.agents import doom
+
+    if doom.is_doom(agent.env):
+        return doom.rllib_creator(agent.env, agent.doom)
+    if agent.env in POMDP:
+        return POMDP[agent.env]
     return rllib_env_creator(agent.env)

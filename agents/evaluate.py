@@ -46,13 +46,34 @@ def _frame(env, obs: np.ndarray) -> np.ndarray:
     return picture
 
 
-def greedy_actions(module, obs: np.ndarray) -> int:
-    """The Q-network's best action for one observation."""
-    import torch
+class Greedy:
+    """The Q-network's best action for one observation at a time; a recurrent network's state
+    is carried from step to step (`reset()` at each episode's start)."""
 
-    with torch.no_grad():
-        batch = {"obs": torch.as_tensor(np.asarray(obs, dtype=np.float32)[None])}
-        return int(module.forward_inference(batch)["actions"][0])
+    def __init__(self, module):
+        self.module = module
+        self.stateful = module.is_stateful()
+        self.reset()
+
+    def reset(self) -> None:
+        self.state = self.module.get_initial_state() if self.stateful else None
+
+    def __call__(self, obs: np.ndarray) -> int:
+        import torch
+        from ray.rllib.core.columns import Columns
+
+        obs = np.asarray(obs)
+        obs = torch.as_tensor((obs.astype(np.float32) if obs.dtype == np.float64 else obs)[None])
+        if not self.stateful:
+            with torch.no_grad():
+                return int(self.module.forward_inference({Columns.OBS: obs})[
+                    Columns.ACTIONS][0])
+        batch = {Columns.OBS: obs[:, None],  # [batch 1, time 1, ...]
+                 Columns.STATE_IN: {k: torch.as_tensor(v)[None] for k, v in self.state.items()}}
+        with torch.no_grad():
+            out = self.module.forward_inference(batch)
+        self.state = {k: v[0] for k, v in out[Columns.STATE_OUT].items()}
+        return int(np.asarray(out[Columns.ACTIONS]).reshape(-1)[0])
 
 
 def play(module, agent, episodes: int, epsilon: float, max_steps: int, seed: int,
@@ -63,16 +84,18 @@ def play(module, agent, episodes: int, epsilon: float, max_steps: int, seed: int
 
     env = make_eval_env(agent, render=record)
     rng = np.random.default_rng(seed)
+    greedy = Greedy(module)
     result = EvalResult([], [])
     try:
         for episode in range(episodes):
             obs, _ = env.reset(seed=seed + episode)
+            greedy.reset()
             total, steps, done = 0.0, 0, False
             while not done and steps < max_steps:
                 if record and episode == 0:
                     result.frames.append(_frame(env, obs))
-                action = (int(env.action_space.sample()) if rng.random() < epsilon
-                          else greedy_actions(module, obs))
+                best = greedy(obs)  # a recurrent network sees every step, explored or not
+                action = int(env.action_space.sample()) if rng.random() < epsilon else best
                 obs, reward, terminated, truncated, _ = env.step(action)
                 total, steps = total + float(reward), steps + 1
                 done = terminated or truncated

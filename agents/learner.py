@@ -8,6 +8,13 @@
   non-finite update is dropped with a warning, as RLlib does.
 - RLlib syncs the target network of every module it holds, trained or not: a frozen self-play
   snapshot's target net would drift. Only the modules being trained are synced here.
+- `value_bound`: the bootstrapped Q-values are clipped to [-bound, bound] before RLlib builds
+  its targets. In a +1/-1 game the true values lie in [-1, 1], yet on Connect Four the max
+  over seven noisy estimates fed on itself until non-terminal targets sat at 1.0-1.5 (measured
+  inside `compute_loss_for_module`); clipping keeps the bootstrap honest. Masked (-inf) moves
+  stay -inf.
+- Recurrent Q-networks: the loss of replayed sequences is `trainyard.agents.recurrent`'s
+  (n-step targets along the sequence, per-sequence priorities).
 """
 
 from __future__ import annotations
@@ -15,8 +22,17 @@ from __future__ import annotations
 import logging
 
 import torch
+from ray.rllib.algorithms.dqn.dqn_learner import (
+    QF_LOSS_KEY,
+    QF_MEAN_KEY,
+    QF_TARGET_NEXT_PREDS,
+    TD_ERROR_MEAN_KEY,
+)
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
-from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+from ray.rllib.core.columns import Columns
+from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, TD_ERROR_KEY
+
+from trainyard.agents.recurrent import sequence_loss
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +51,27 @@ class DQNLearner(DQNTorchLearner):
         # the learning rate (and any schedule) is RLlib's, from config.lr
         self.register_optimizer(module_id=module_id, optimizer=optimizer, params=params,
                                 lr_or_lr_schedule=config.lr)
+
+    def compute_loss_for_module(self, *, module_id, config, batch, fwd_out):
+        settings = config.learner_config_dict
+        bound = settings.get("value_bound")
+        if settings.get("recurrent") and batch[Columns.ACTIONS].dim() == 2:  # [B, T] sequences
+            loss, priorities, stats = sequence_loss(
+                self, module_id, config, batch, fwd_out, n_step=settings["seq_n_step"],
+                eta=settings["priority_eta"], value_bound=bound)
+            self.metrics.log_value((module_id, TD_ERROR_KEY), priorities, reduce="item_series")
+            self.metrics.log_dict({QF_LOSS_KEY: loss, QF_MEAN_KEY: stats["qf_mean"],
+                                   TD_ERROR_MEAN_KEY: stats["td_error_mean"],
+                                   "seq_trained_steps_mean": stats["seq_trained_steps_mean"],
+                                   "seq_priority_mean": stats["seq_priority_mean"]},
+                                  key=module_id, window=1)
+            return loss
+        if bound:
+            q = fwd_out[QF_TARGET_NEXT_PREDS]
+            fwd_out[QF_TARGET_NEXT_PREDS] = torch.where(torch.isfinite(q),
+                                                        q.clamp(-bound, bound), q)
+        return super().compute_loss_for_module(module_id=module_id, config=config,
+                                               batch=batch, fwd_out=fwd_out)
 
     def apply_gradients(self, gradients_dict) -> None:
         grads = [g for g in gradients_dict.values() if g is not None]

@@ -107,13 +107,25 @@ def build_config(spec: "RLJob", seed: int):
         .learners(learner_class=DQNLearner,
                   learner_config_dict={"optimizer": agent.optimizer,
                                        "optimizer_eps": agent.optimizer_eps,
-                                       "rmsprop_decay": agent.rmsprop_decay})
+                                       "rmsprop_decay": agent.rmsprop_decay,
+                                       "value_bound": agent.value_bound})
         .framework(torch_skip_nan_gradients=True)  # DQNLearner checks them, once
         .rl_module(model_config=_model_config(agent, DefaultModelConfig))
         .debugging(seed=seed)
     )
     if is_atari(agent.env):
         _atari(config, agent)
+    from trainyard.agents.doom import is_doom
+
+    if agent.recurrent is not None:
+        _recurrent(config, agent)
+    elif is_doom(agent.env):  # uint8 screens, scaled on the way into the network
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        from trainyard.agents.atari import AtariQModule
+
+        config.rl_module(rl_module_spec=RLModuleSpec(
+            module_class=AtariQModule, model_config=_model_config(agent, DefaultModelConfig)))
     if spec.selfplay is not None:
         from trainyard.agents.selfplay import configure
 
@@ -147,6 +159,32 @@ def _atari(config, agent) -> None:
         module_class=AtariQModule, model_config=_model_config(agent, DefaultModelConfig)))
 
 
+def _recurrent(config, agent) -> None:
+    """An LSTM Q-network on replayed sequences: RLlib's stateful DQN path (stored states,
+    burn-in) with trainyard's sequence replay (prioritized or uniform) and sequence loss
+    (n-step targets along the sequence), see trainyard.agents.recurrent."""
+    rec = agent.recurrent
+    replay = {"type": "trainyard.agents.recurrent.SequenceReplayBuffer",
+              "capacity": agent.replay_capacity, "seq_len": rec.seq_len,
+              "overlap": rec.overlap,
+              "alpha": agent.priority_alpha if agent.prioritized_replay else 0.0,
+              "beta": agent.priority_beta if agent.prioritized_replay else 0.0}
+    config.training(n_step=1,  # RLlib's sequence sampler takes 1; the loss does n steps
+                    burn_in_len=rec.burn_in,
+                    # RLlib counts a sequence batch in time steps
+                    train_batch_size_per_learner=agent.batch_size * rec.seq_len,
+                    replay_buffer_config=replay)
+    config.learner_config_dict.update(recurrent=True, seq_n_step=agent.n_step,
+                                      priority_eta=rec.priority_eta)
+    from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from trainyard.agents.recurrent import RecurrentQModule
+
+    config.rl_module(rl_module_spec=RLModuleSpec(
+        module_class=RecurrentQModule, model_config=_model_config(agent, DefaultModelConfig)))
+
+
 def replay_config(agent, uniform: str, prioritized: str, **extra) -> dict:
     """RLlib's replay_buffer_config for the agent: the `prioritized` buffer type (with the
     spec's exponents) or the `uniform` one, the spec's capacity, and `extra` arguments."""
@@ -162,16 +200,23 @@ def _model_config(agent, model_config_class):
     from trainyard.agents.envs import MINATAR_CNN, NATURE_CNN, is_minatar
     from trainyard.agents.games import is_game
 
+    from trainyard.agents.doom import is_doom
+
     conv = agent.conv_filters or (MINATAR_CNN if is_minatar(agent.env) else
-                                  NATURE_CNN if agent.env.startswith("ALE/") else None)
+                                  NATURE_CNN if agent.env.startswith("ALE/")
+                                  or is_doom(agent.env) else None)
+    rec = agent.recurrent
+    memory = {} if rec is None else dict(use_lstm=True, lstm_cell_size=rec.cell_size,
+                                         max_seq_len=rec.seq_len,
+                                         lstm_use_prev_action=rec.lstm_use_prev_action)
     if conv is None:
-        return model_config_class(fcnet_hiddens=list(agent.hidden))
+        return model_config_class(fcnet_hiddens=list(agent.hidden), **memory)
     # unpadded ("valid") convolutions, as in both papers: 84 -> 20 -> 9 -> 7 on Atari, 10 -> 8
     # on MinAtar (RLlib pads to "same" by default: 2.5x the features into the Q head); board
     # games keep the board's size (a line at the edge matters as much as one in the middle)
     padding = "same" if is_game(agent.env) else "valid"
     return model_config_class(conv_filters=[[*layer, padding] for layer in conv],
-                              head_fcnet_hiddens=list(agent.hidden))
+                              head_fcnet_hiddens=list(agent.hidden), **memory)
 
 
 LEAGUE_FILE = "league.json"

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from trainyard.agents.doom import DoomSettings
 from trainyard.agents.envs import AtariSettings, check_env_id, is_atari
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 
@@ -71,6 +72,32 @@ class RLCheckpoint(Checkpoint):
     every_iterations: int = Field(20, ge=1, description="checkpoint every N training iterations")
 
 
+class Recurrent(Section):
+    """An LSTM core between the encoder and the Q head (DRQN / R2D2): training replays
+    fixed-length sequences starting from the recurrent state stored when they were played."""
+
+    cell_size: int = Field(128, ge=1, description="LSTM units")
+    seq_len: int = Field(20, ge=2, description="time steps per replayed sequence")
+    burn_in: int = Field(5, ge=0, description="leading steps of a sequence that only warm up "
+                         "the LSTM state (no loss)")
+    overlap: int = Field(10, ge=0, description="prioritized sequence replay: steps shared by "
+                         "consecutive sequences of an episode (R2D2: half the length)")
+    priority_eta: float = Field(0.9, ge=0, le=1, description="prioritized sequence replay: "
+                                "a sequence's priority = eta x max |TD| + (1 - eta) x mean |TD|")
+    lstm_use_prev_action: bool = Field(False, description="feed the previous action too")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> "Recurrent":
+        if self.burn_in >= self.seq_len:
+            raise ValueError(f"agent.recurrent.burn_in ({self.burn_in}) must be below "
+                             f"agent.recurrent.seq_len ({self.seq_len}): the steps after the "
+                             "burn-in are the ones that train")
+        if self.overlap >= self.seq_len:
+            raise ValueError(f"agent.recurrent.overlap ({self.overlap}) must be below "
+                             f"agent.recurrent.seq_len ({self.seq_len})")
+        return self
+
+
 class DQNAgent(Section):
     """DQN (double, dueling, n-step, prioritized replay) on RLlib's new API stack."""
 
@@ -95,6 +122,10 @@ class DQNAgent(Section):
         "(unpadded; padded to keep the board's size for OpenSpiel/ games); default: the "
         "Nature DQN stack for ALE/ games, one [16, 3, 1] layer for MinAtar/, none (an MLP) "
         "for board games")
+    value_bound: float | None = Field(
+        None, gt=0, description="clip bootstrapped Q-values to [-bound, bound] (a game that "
+        "pays +1/-1 has values in [-1, 1]: 1.0 stops the max over noisy estimates from "
+        "feeding on itself); none: unclipped")
     replay_capacity: Count = Field(50_000, ge=1, description="transitions kept in replay")
     prioritized_replay: bool = Field(True, description="prioritized experience replay "
                                      "(default off for ALE/ games: the Nature recipe is "
@@ -114,6 +145,10 @@ class DQNAgent(Section):
         "the Nature recipe's one batch of 32 per 4 env steps is 8)")
     atari: AtariSettings = Field(default_factory=AtariSettings,
                                  description="frame preprocessing of ALE/ games")
+    recurrent: Recurrent | None = Field(None, description="an LSTM Q-network trained on "
+                                        "replayed sequences (none: feed-forward DQN)")
+    doom: DoomSettings = Field(default_factory=DoomSettings,
+                               description="ViZDoom settings of Doom/ scenarios")
 
     @field_validator("env")
     @classmethod
@@ -122,7 +157,7 @@ class DQNAgent(Section):
 
     @model_validator(mode="after")
     def _fragment_holds_n_step(self) -> "DQNAgent":
-        if self.rollout_fragment_length < self.n_step:
+        if self.recurrent is None and self.rollout_fragment_length < self.n_step:
             raise ValueError(f"agent.rollout_fragment_length ({self.rollout_fragment_length}) "
                              f"must be at least agent.n_step ({self.n_step}): RLlib builds "
                              "n-step returns within one sampled fragment")
