@@ -197,10 +197,9 @@ def replay_config(agent, uniform: str, prioritized: str, **extra) -> dict:
 def _model_config(agent, model_config_class):
     """The Q-network: an MLP for vector observations; a conv stack then the MLP head for
     image observations (Atari frames, MinAtar's 10x10 channels)."""
+    from trainyard.agents.doom import is_doom
     from trainyard.agents.envs import MINATAR_CNN, NATURE_CNN, is_minatar
     from trainyard.agents.games import is_game
-
-    from trainyard.agents.doom import is_doom
 
     conv = agent.conv_filters or (MINATAR_CNN if is_minatar(agent.env) else
                                   NATURE_CNN if agent.env.startswith("ALE/")
