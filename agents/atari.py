@@ -37,26 +37,37 @@ from trainyard.agents.envs import SCREEN, AtariSettings, rom_name
 
 
 class _SingleFrames(gym.vector.VectorWrapper):
-    """(N, 1, 84, 84) -> (N, 84, 84) frames, and no per-step infos: RLlib keeps each step's
-    info with the episode, and the ALE's (lives, frame numbers) would be stored a million
-    times for nothing."""
+    """(N, 1, 84, 84) -> (N, 84, 84) frames (`channel`: (N, 84, 84, 1), what a recurrent
+    conv network takes without a frame-stacking connector), each blanked with probability
+    `flicker`; no per-step infos: RLlib keeps each step's info with the episode, and the
+    ALE's (lives, frame numbers) would be stored a million times for nothing."""
 
-    def __init__(self, env):
+    def __init__(self, env, flicker: float = 0.0, channel: bool = False, seed: int | None = None):
         super().__init__(env)
-        frame = gym.spaces.Box(0, 255, (SCREEN, SCREEN), np.uint8)
+        self.flicker, self.channel = flicker, channel
+        self.rng = np.random.default_rng(seed)
+        frame = gym.spaces.Box(0, 255, (SCREEN, SCREEN, 1) if channel else (SCREEN, SCREEN),
+                               np.uint8)
         self.single_observation_space = frame
         self.observation_space = gym.vector.utils.batch_space(frame, env.num_envs)
 
+    def _frames(self, obs):
+        frames = obs[:, 0]
+        if self.flicker:
+            frames[self.rng.random(len(frames)) < self.flicker] = 0
+        return frames[..., None] if self.channel else frames
+
     def reset(self, **kwargs):
         obs, _ = self.env.reset(**kwargs)
-        return obs[:, 0], {}
+        return self._frames(obs), {}
 
     def step(self, actions):
         obs, rewards, terminated, truncated, _ = self.env.step(actions)
-        return obs[:, 0], rewards, terminated, truncated, {}
+        return self._frames(obs), rewards, terminated, truncated, {}
 
 
-def make_vector_env(env_id: str, settings: AtariSettings, num_envs: int):
+def make_vector_env(env_id: str, settings: AtariSettings, num_envs: int,
+                    channel: bool = False):
     """The training env: `num_envs` games in ale-py's threaded vector env, single frames."""
     import ale_py
 
@@ -68,7 +79,7 @@ def make_vector_env(env_id: str, settings: AtariSettings, num_envs: int):
         use_fire_reset=settings.fire_reset,
         max_num_frames_per_episode=settings.max_episode_steps * settings.frame_skip,
         autoreset_mode="NextStep")
-    return _SingleFrames(env)
+    return _SingleFrames(env, flicker=settings.flicker, channel=channel)
 
 
 class _FireReset(gym.Wrapper):
@@ -82,8 +93,19 @@ class _FireReset(gym.Wrapper):
         return obs, info
 
 
+class _Flicker(gym.ObservationWrapper):
+    """Each frame blanked with probability p."""
+
+    def __init__(self, env, p: float):
+        super().__init__(env)
+        self.p = p
+
+    def observation(self, obs):
+        return np.zeros_like(obs) if self.np_random.random() < self.p else obs
+
+
 def make_single_env(env_id: str, settings: AtariSettings, *, training: bool,
-                    stack: bool, render: bool = False) -> gym.Env:
+                    stack: bool, render: bool = False, channel: bool = False) -> gym.Env:
     """One game through Gymnasium's wrappers with the same preprocessing. Training: life-loss
     terminals and clipped rewards as the spec says; evaluation (`training=False`): whole games,
     the game's score. `stack`: observations are (84, 84, k) stacks, else single frames."""
@@ -101,6 +123,11 @@ def make_single_env(env_id: str, settings: AtariSettings, *, training: bool,
         env = _FireReset(env)
     if training and settings.clip_rewards:
         env = gym.wrappers.TransformReward(env, lambda r: float(np.sign(r)))
+    if settings.flicker:
+        env = _Flicker(env, settings.flicker)
+    if channel and not stack:
+        env = gym.wrappers.TransformObservation(
+            env, lambda obs: obs[..., None], gym.spaces.Box(0, 255, (SCREEN, SCREEN, 1), np.uint8))
     if stack:
         env = gym.wrappers.FrameStackObservation(env, settings.frame_stack)
         space = gym.spaces.Box(0, 255, (SCREEN, SCREEN, settings.frame_stack), np.uint8)
@@ -109,12 +136,12 @@ def make_single_env(env_id: str, settings: AtariSettings, *, training: bool,
     return env
 
 
-def rllib_creator(env_id: str, settings: AtariSettings):
+def rllib_creator(env_id: str, settings: AtariSettings, channel: bool = False):
     """For `register_env`: RLlib asks for `num_envs` games at once (`vector_entry_point`)."""
     def create(config: dict[str, Any]):
         if "num_envs" in config:
-            return make_vector_env(env_id, settings, int(config["num_envs"]))
-        return make_single_env(env_id, settings, training=True, stack=False)
+            return make_vector_env(env_id, settings, int(config["num_envs"]), channel=channel)
+        return make_single_env(env_id, settings, training=True, stack=False, channel=channel)
     return create
 
 

@@ -62,6 +62,9 @@ class AtariSettings(Section):
                                "reports the game's own score)")
     fire_reset: bool = Field(True, description="press FIRE after a reset in games that need "
                              "it to start")
+    flicker: float = Field(0.0, ge=0, lt=1, description="chance each frame is blanked, in "
+                           "training and evaluation (flickering Atari, Hausknecht & Stone "
+                           "2015: with frame_stack 1, only a memory can track the ball)")
     max_episode_steps: int = Field(27_000, ge=1, description="agent steps after which a "
                                    "training episode is cut (27k = 30 minutes of play)")
 
@@ -78,15 +81,18 @@ MINATAR_CNN = [[16, 3, 1]]
 
 def _cartpole_no_velocity(config=None):
     """CartPole with the velocities hidden (cart position and pole angle only): one
-    observation cannot tell which way the pole is moving; a memory can."""
+    observation cannot tell which way the pole is moving; a memory can. Both are scaled to
+    about unit spread (x / 0.5 m, angle / 0.05 rad): the velocity a memory must infer is the
+    step-to-step change, tiny in raw units."""
     import gymnasium as gym
     import numpy as np
 
     env = gym.make("CartPole-v1", render_mode=(config or {}).get("render_mode"))
-    high = env.observation_space.high[[0, 2]]
+    scale = np.array([0.5, 0.05], np.float32)
+    high = env.observation_space.high[[0, 2]] / scale
     space = gym.spaces.Box(-high, high, (2,), np.float32)
-    return gym.wrappers.TransformObservation(env, lambda obs: obs[[0, 2]].astype(np.float32),
-                                             space)
+    return gym.wrappers.TransformObservation(
+        env, lambda obs: (obs[[0, 2]] / scale).astype(np.float32), space)
 
 
 #: partially observed variants of known tasks, by the id a spec names
@@ -141,7 +147,9 @@ def make_eval_env(agent, render: bool = False):
     if is_atari(agent.env):
         from trainyard.agents.atari import make_single_env
 
-        return make_single_env(agent.env, agent.atari, training=False, stack=True, render=render)
+        recurrent = agent.recurrent is not None  # single frames, the LSTM is the memory
+        return make_single_env(agent.env, agent.atari, training=False, stack=not recurrent,
+                               render=render, channel=recurrent)
     from trainyard.agents import doom
 
     if doom.is_doom(agent.env):
@@ -163,7 +171,7 @@ def make_env_creator(agent):
     if is_atari(agent.env):
         from trainyard.agents.atari import rllib_creator
 
-        return rllib_creator(agent.env, agent.atari)
+        return rllib_creator(agent.env, agent.atari, channel=agent.recurrent is not None)
     from trainyard.agents import doom
 
     if doom.is_doom(agent.env):

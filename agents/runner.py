@@ -27,6 +27,9 @@ METRICS = {
     ("learners", "default_policy", "qf_loss"): "train/loss",
     ("learners", "default_policy", "qf_mean"): "train/q_mean",
     ("learners", "default_policy", "td_error_mean"): "train/td_error_mean",
+    # recurrent DQN: replayed sequences' mean priority, steps trained per sequence
+    ("learners", "default_policy", "seq_priority_mean"): "train/seq_priority_mean",
+    ("learners", "default_policy", "seq_trained_steps_mean"): "train/seq_trained_steps_mean",
 }
 # Self-play: the learning module is `main`; the sum of both players' returns says nothing.
 SELFPLAY_METRICS = {
@@ -145,6 +148,10 @@ def _atari(config, agent) -> None:
     from trainyard.agents.atari import AtariQModule, StackFrames, return_freed_frames_to_the_os
 
     return_freed_frames_to_the_os()  # the replay lives in this process (the driver)
+    if agent.recurrent is not None:  # single frames (84, 84, 1) into the LSTM network,
+        # sequences of them in replay (see _recurrent)
+        config.env_runners(gym_env_vectorize_mode="vector_entry_point")
+        return
     k = agent.atari.frame_stack
     config.env_runners(gym_env_vectorize_mode="vector_entry_point",
                        env_to_module_connector=lambda env, spaces=None, device=None:

@@ -165,3 +165,25 @@ def test_pong_run_trains_evaluates_whole_games_and_replays(workdir, store_uri, c
     capsys.readouterr()
     assert main(["eval", run.info.run_id, "--episodes", "1", "--epsilon", "0"]) == 0
     assert "ALE/Pong-v5, checkpoint at" in capsys.readouterr().out
+
+
+def test_flickering_frames_are_blanked_at_the_asked_rate_and_keep_a_channel():
+    from trainyard.agents.envs import make_env_creator
+
+    agent = DQNAgent(env="ALE/Pong-v5", atari={"frame_stack": 1, "flicker": 0.5},
+                     recurrent={"seq_len": 10, "burn_in": 2, "overlap": 5})
+    env = make_env_creator(agent)({"num_envs": 2})
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (2, 84, 84, 1) and obs.dtype == np.uint8
+    blank = []
+    for _ in range(200):
+        obs, *_ = env.step(np.array([0, 0]))
+        blank += [not frame.any() for frame in obs]
+    assert 0.4 < np.mean(blank) < 0.6          # Pong's screen is never all black by itself
+    env.close()
+    single = make_eval_env(agent)
+    obs, _ = single.reset(seed=0)
+    assert obs.shape == (84, 84, 1)
+    blank = [not single.step(0)[0].any() for _ in range(200)]
+    assert 0.4 < np.mean(blank) < 0.6
+    single.close()

@@ -16,7 +16,7 @@ def test_cartpole_without_velocities_shows_position_and_angle_only():
     obs, _ = env.reset(seed=3)
     assert obs.shape == (2,) and obs.dtype == np.float32
     full = env.unwrapped.state
-    assert obs[0] == pytest.approx(full[0]) and obs[1] == pytest.approx(full[2])
+    assert obs[0] == pytest.approx(full[0] / 0.5) and obs[1] == pytest.approx(full[2] / 0.05)
     assert check_env_id("CartPoleNoVelocity-v1") == "CartPoleNoVelocity-v1"
 
 
@@ -185,3 +185,30 @@ def test_recurrent_module_explores_per_env_with_the_time_rank():
                                       Columns.STATE_IN: state}, t=0)
     assert out[Columns.ACTIONS].shape == (4, 1)
     assert set(out[Columns.STATE_OUT]) == set(state)
+
+
+# ---- memory matters (slow) ----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_memory_beats_no_memory_on_cartpole_without_velocities(workdir, store_uri):
+    """The same env-step budget for the recurrent agent and the feed-forward one (each with
+    its own shipped settings); the LSTM can infer the velocities, the MLP cannot."""
+    from conftest import REPO, runs_of
+    from trainyard.cli import main
+
+    config = str(REPO / "agents" / "configs" / "rdqn_cartpole_novelocity.yaml")
+    budget = ["-o", "stop.env_steps=25k", "-o", "evaluation.every_iterations=5"]
+    assert main(["run", config, *budget]) == 0
+    assert main(["run", config, *budget, "-o", "agent.recurrent=null", "-o",
+                 "agent.batch_size=32", "-o", "agent.training_intensity=8", "-o",
+                 "agent.target_update_every=500", "-o", "name=feed-forward"]) == 0
+    client, runs = runs_of(store_uri, "recurrent")
+    best = {}
+    for run in runs:
+        evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
+        best[run.info.run_name.startswith("feed-forward")] = max(m.value for m in evals)
+        priorities = client.get_metric_history(run.info.run_id, "train/seq_priority_mean")
+        assert bool(priorities) != run.info.run_name.startswith("feed-forward")
+    recurrent, feed_forward = best[False], best[True]
+    assert recurrent >= 150, best
+    assert recurrent >= 2 * feed_forward, best
