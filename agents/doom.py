@@ -16,6 +16,7 @@ frame stacking, so a feed-forward agent sees no motion and a recurrent one must 
 from __future__ import annotations
 
 import os
+import tempfile
 from functools import cache
 
 import gymnasium as gym
@@ -78,6 +79,8 @@ class DoomEnv(gym.Env):
         self.training, self.render_mode = training, render_mode
         game = vzd.DoomGame()
         game.load_config(os.path.join(vzd.scenarios_path, f"{scenario}.cfg"))
+        # ViZDoom writes its settings file to the working directory unless told otherwise.
+        game.set_doom_config_path(os.path.join(tempfile.gettempdir(), "trainyard_vizdoom.ini"))
         game.set_window_visible(False)
         game.set_sound_enabled(False)
         game.set_screen_resolution(vzd.ScreenResolution.RES_160X120)
