@@ -8,6 +8,7 @@ cluster can give the job's resources and fails with the resource's name instead 
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,6 +24,12 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
 # a bare Ray actor ran the digits loop at 0.93x the same loop in the driver, 0.98x at nice 0
 # (tests/benchmarks/bench_supervised.py). The workers are the job; give them normal priority.
 os.environ.setdefault("RAY_worker_niceness", "0")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
 
 
 class ResourceError(RuntimeError):
@@ -50,7 +57,21 @@ def ray_session(address: str | None = None, cpus: int | None = None,
                       dashboard_host="127.0.0.1")
         if dashboard_port:
             kwargs["dashboard_port"] = dashboard_port
-    ray.init(**kwargs)
+        # Code inside the cluster that looks Ray up by itself (Ray Train's placement-group
+        # cleaner asks the state API whether its controller lives) finds every Ray instance
+        # on the machine and, with two trainyard jobs running at once, gives up: the
+        # cleaner died, a PBT trial's workers stayed reserved, and the sweep waited forever.
+        # So the GCS gets a port we choose, and the job's processes are told its address.
+        chosen = os.environ.get("RAY_GCS_SERVER_PORT")
+        port = int(chosen) if chosen else _free_port()
+        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        address_here = f"{ray.util.get_node_ip_address()}:{port}"
+        kwargs["runtime_env"] = {"env_vars": {"RAY_ADDRESS": address_here}}
+    try:
+        ray.init(**kwargs)
+    finally:
+        if not address and not chosen:
+            os.environ.pop("RAY_GCS_SERVER_PORT", None)
     try:
         yield dict(ray.cluster_resources())
     finally:

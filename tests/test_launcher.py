@@ -44,3 +44,36 @@ def test_embedded_ray_dashboard_listens_on_loopback_only(workdir):
                 assert time.monotonic() < deadline, "the dashboard did not answer in 60 s"
                 time.sleep(1)
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
+
+
+def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir):
+    """Ray Train's placement-group cleaner asks Ray's state API about its controller without
+    an address; with a second Ray instance on the machine (another trainyard job) that raised
+    "Found multiple active Ray instances", the cleaner died and a PBT sweep hung on the
+    placement group it should have freed."""
+    import subprocess
+    import sys
+
+    import ray
+
+    from trainyard.launcher import ray_session
+
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=1, "
+         "include_dashboard=False); print('up', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+
+        @ray.remote(num_cpus=0)
+        def state_api_nodes() -> list[str]:
+            from ray.util.state import list_nodes  # resolves the cluster as the cleaner does
+
+            return [node.node_id for node in list_nodes()]
+
+        with ray_session(cpus=1):
+            ours = ray.get_runtime_context().get_node_id()
+            assert ray.get(state_api_nodes.remote(), timeout=120) == [ours]
+    finally:
+        other.kill()
+        other.wait()
