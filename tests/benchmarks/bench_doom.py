@@ -24,6 +24,7 @@ import time
 
 import numpy as np
 import torch
+from rllib_loops import sampling_rate, training_rate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "agents/configs/rdqn_doom_defend_center.yaml")
@@ -102,26 +103,12 @@ def raw_sampling(seconds: float, module) -> float:
 
 def trainyard_sampling(seconds: float):
     algo = _algo(_spec(**{"agent.learning_starts": 10**9}))
-    runner = algo.env_runner
-    runner.sample(num_timesteps=200, explore=True)  # warm up
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        episodes = runner.sample(num_timesteps=100, explore=True)
-        steps += sum(len(e) for e in episodes)
-    rate = steps / (time.perf_counter() - start)
-    return rate, algo
+    return sampling_rate(algo, seconds), algo
 
 
 def trainyard_training(seconds: float) -> float:
     algo = _algo(_spec())
-    key = ("env_runners", "num_env_steps_sampled_lifetime")
-    steps = 0
-    while steps < LEARNING_STARTS + 500:
-        steps = algo.train()[key[0]][key[1]]
-    start_steps, start = steps, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        steps = algo.train()[key[0]][key[1]]
-    rate = (steps - start_steps) / (time.perf_counter() - start)
+    rate = training_rate(algo, seconds, LEARNING_STARTS)
     algo.stop()
     return rate
 

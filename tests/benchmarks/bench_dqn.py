@@ -26,6 +26,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rllib_loops import sampling_rate, training_rate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = "ALE/Pong-v5"
@@ -81,27 +82,14 @@ def _algo(spec):
 
 def trainyard_sampling(seconds: float) -> float:
     algo = _algo(_spec(**{"agent.learning_starts": 10**9}))
-    runner = algo.env_runner
-    runner.sample(num_timesteps=200, explore=True)  # warm up
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        episodes = runner.sample(num_timesteps=100, explore=True)
-        steps += sum(len(e) for e in episodes)
-    rate = steps / (time.perf_counter() - start)
+    rate = sampling_rate(algo, seconds)
     algo.stop()
     return rate
 
 
 def trainyard_training(seconds: float) -> float:
     algo = _algo(_spec())
-    key = ("env_runners", "num_env_steps_sampled_lifetime")
-    steps = 0
-    while steps < LEARNING_STARTS + 500:
-        steps = algo.train()[key[0]][key[1]]
-    start_steps, start = steps, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        steps = algo.train()[key[0]][key[1]]
-    rate = (steps - start_steps) / (time.perf_counter() - start)
+    rate = training_rate(algo, seconds, LEARNING_STARTS)
     algo.stop()
     return rate
 
