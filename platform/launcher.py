@@ -47,6 +47,7 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         return
     kwargs: dict = {"log_to_driver": True, "configure_logging": True,
                     "logging_level": "WARNING"}
+    users_port = os.environ.get("RAY_GCS_SERVER_PORT")
     if address:
         kwargs["address"] = address
     else:
@@ -62,15 +63,14 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         # on the machine and, with two trainyard jobs running at once, gives up: the
         # cleaner died, a PBT trial's workers stayed reserved, and the sweep waited forever.
         # So the GCS gets a port we choose, and the job's processes are told its address.
-        chosen = os.environ.get("RAY_GCS_SERVER_PORT")
-        port = int(chosen) if chosen else _free_port()
-        os.environ["RAY_GCS_SERVER_PORT"] = str(port)
+        port = users_port or str(_free_port())
+        os.environ["RAY_GCS_SERVER_PORT"] = port
         address_here = f"{ray.util.get_node_ip_address()}:{port}"
         kwargs["runtime_env"] = {"env_vars": {"RAY_ADDRESS": address_here}}
     try:
         ray.init(**kwargs)
     finally:
-        if not address and not chosen:
+        if not users_port:  # ours was for this start only
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     try:
         yield dict(ray.cluster_resources())

@@ -59,7 +59,7 @@ def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir
     from trainyard.launcher import ray_session
 
     other = subprocess.Popen(
-        [sys.executable, "-c", "import ray, sys, time; ray.init(num_cpus=1, "
+        [sys.executable, "-c", "import ray, time; ray.init(num_cpus=1, "
          "include_dashboard=False); print('up', flush=True); time.sleep(300)"],
         stdout=subprocess.PIPE, text=True)
     try:
