@@ -13,6 +13,8 @@
   over seven noisy estimates fed on itself until non-terminal targets sat at 1.0-1.5 (measured
   inside `compute_loss_for_module`); clipping keeps the bootstrap honest. Masked (-inf) moves
   stay -inf.
+- `mirror_game` (self-play): a random half of each replayed batch is seen left-right
+  mirrored (`trainyard.agents.selfplay.mirror_half`).
 - Recurrent Q-networks: the loss of replayed sequences is `trainyard.agents.recurrent`'s
   (n-step targets along the sequence, per-sequence priorities).
 """
@@ -72,6 +74,17 @@ class DQNLearner(DQNTorchLearner):
                                                         q.clamp(-bound, bound), q)
         return super().compute_loss_for_module(module_id=module_id, config=config,
                                                batch=batch, fwd_out=fwd_out)
+
+    def _update(self, batch):
+        game = self.config.learner_config_dict.get("mirror_game")
+        if game:
+            from trainyard.agents.games import game_info
+            from trainyard.agents.selfplay import mirror_half
+
+            info = game_info(game)
+            batch = {mid: mirror_half(b, info) if Columns.OBS in b else b
+                     for mid, b in batch.items()}
+        return super()._update(batch)
 
     def apply_gradients(self, gradients_dict) -> None:
         grads = [g for g in gradients_dict.values() if g is not None]

@@ -320,6 +320,35 @@ class MainOnlyPrioritizedEpisodeReplayBuffer(_SampleMainOnly,
     pass
 
 
+# --------------------------------------------------------------------------- symmetry
+
+
+def mirror_actions(actions: torch.Tensor, info: GameInfo) -> torch.Tensor:
+    """The left-right mirror of actions: column c -> cols-1-c (gravity games), cell
+    (r, c) -> (r, cols-1-c) otherwise."""
+    cols = info.cols
+    if info.gravity:
+        return cols - 1 - actions
+    return actions - actions % cols + (cols - 1 - actions % cols)
+
+
+def mirror_half(batch: dict, info: GameInfo, generator: torch.Generator | None = None) -> dict:
+    """A replayed batch with a random half of its transitions seen in the mirror: both
+    boards flipped left-right, the action mirrored (both games are left-right symmetric, so
+    the mirrored transition is as true as the stored one). Same batch size, twice the
+    positions seen over training: the board-game symmetry augmentation of AlphaGo Zero."""
+    obs = batch[Columns.OBS]
+    flip = torch.rand(obs.shape[0], generator=generator) < 0.5
+    out = dict(batch)
+    view = flip.view(-1, *([1] * (obs.dim() - 1)))
+    for key in (Columns.OBS, Columns.NEXT_OBS):
+        if key in batch:
+            out[key] = torch.where(view, batch[key].flip(-2), batch[key])
+    actions = batch[Columns.ACTIONS]
+    out[Columns.ACTIONS] = torch.where(flip, mirror_actions(actions, info), actions)
+    return out
+
+
 # --------------------------------------------------------------------------- config
 
 
@@ -367,6 +396,8 @@ def configure(config, agent, league, model_config, seed: int, replay: dict) -> N
     config.rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
     config.callbacks(LeagueCallback)
     config.training(replay_buffer_config=replay)
+    if league.mirror:
+        config.learner_config_dict["mirror_game"] = info.name
 
 
 # --------------------------------------------------------------------------- the driver's side

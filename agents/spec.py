@@ -213,6 +213,9 @@ class SelfPlay(Section):
                                      "reaches this; snapshot_0 is main before training")
     snapshot_min_games: Count = Field(1000, ge=1, description="league games (not counting "
                                       "self-play) between snapshots, at least")
+    mirror: bool = Field(False, description="train on a random half of each replayed batch "
+                         "seen left-right mirrored (Connect Four and tic-tac-toe are "
+                         "symmetric): more positions for the same games")
     pool_size: int = Field(20, ge=1, description="the latest snapshots main is drawn against "
                            "(older ones stay rated)")
     win_rate_decay: float = Field(0.99, gt=0, lt=1, description="per game: how slowly the "

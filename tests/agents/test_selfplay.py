@@ -200,6 +200,50 @@ def test_masked_q_module_never_picks_an_illegal_move():
         assert int(module.forward_inference(batch)[Columns.ACTIONS][0]) not in (0, 3)
 
 
+@pytest.mark.parametrize("info", [C4, TTT], ids=lambda i: i.name)
+def test_a_mirrored_transition_is_the_mirrored_game(info):
+    """mirror_half flips about half the rows of a batch, and a flipped row is exactly what the
+    mirrored sequence of moves gives in OpenSpiel: boards, legal cells and action."""
+    import torch
+    from ray.rllib.core.columns import Columns
+
+    from trainyard.agents.selfplay import mirror_actions, mirror_half
+
+    rng = np.random.default_rng(0)
+    obs, next_obs, actions, mirrored = [], [], [], []
+    for _ in range(64):
+        match, moves = Match(info), []
+        for _ in range(int(rng.integers(0, 5))):
+            moves.append(int(rng.choice(match.legal())))
+            match.apply(moves[-1])
+        action = int(rng.choice(match.legal()))
+        mirror = [int(mirror_actions(torch.tensor(m), info)) for m in [*moves, action]]
+        twin = _match(info, mirror[:-1])
+        player = match.to_move
+        obs.append(match.observation(player))
+        mirrored.append((twin.observation(player), mirror[-1]))
+        match.apply(action)
+        twin.apply(mirror[-1])
+        next_obs.append(match.observation(player))
+        actions.append(action)
+        assert (twin.observation(player) == match.observation(player)[:, ::-1]).all()
+    batch = {Columns.OBS: torch.as_tensor(np.stack(obs)),
+             Columns.NEXT_OBS: torch.as_tensor(np.stack(next_obs)),
+             Columns.ACTIONS: torch.as_tensor(actions), Columns.REWARDS: torch.zeros(64)}
+    out = mirror_half(batch, info, torch.Generator().manual_seed(0))
+    flipped = [i for i in range(64) if int(out[Columns.ACTIONS][i]) != actions[i]
+               or not torch.equal(out[Columns.OBS][i], batch[Columns.OBS][i])]
+    assert 16 <= len(flipped) <= 48
+    for i in range(64):
+        if i in flipped:
+            assert (out[Columns.OBS][i].numpy() == mirrored[i][0]).all()
+            assert int(out[Columns.ACTIONS][i]) == mirrored[i][1]
+        else:
+            assert torch.equal(out[Columns.OBS][i], batch[Columns.OBS][i])
+            assert int(out[Columns.ACTIONS][i]) == actions[i]
+    assert out[Columns.REWARDS] is batch[Columns.REWARDS]
+
+
 def test_selfplay_spec_errors():
     from pydantic import ValidationError
 
@@ -220,6 +264,7 @@ def test_selfplay_spec_errors():
 
 
 TTT_JOB = "agents/configs/selfplay_tictactoe.yaml"
+TTT_STEPS = 20_000
 
 
 def _ttt_spec(*overrides):
@@ -320,3 +365,23 @@ def test_tictactoe_league_trains_rates_and_plays(workdir, store_uri, capsys, mon
     assert "You play x and move first" in out
     assert "'4' is not a legal move" in out and "'middle' is not a legal move" in out
     assert out.rstrip().splitlines()[-1] in ("you won", "a draw", "the agent won")
+
+
+@pytest.mark.slow
+def test_tictactoe_agent_learns_to_beat_random_and_its_snapshots_rise(workdir, store_uri):
+    """The learning bar, short: the shipped tic-tac-toe league, cut to TTT_STEPS moves,
+    makes an agent that beats random in most games and rarely loses to it, and the Elo of
+    its successive snapshots rises (the last one rated well above the first)."""
+    from conftest import REPO, runs_of
+    from trainyard.cli import main
+
+    assert main(["run", str(REPO / TTT_JOB), "-o", f"stop.env_steps={TTT_STEPS}",
+                 "-o", "evaluation.episodes=100", "-o", "tracking.system_metrics=false"]) == 0
+    client, runs = runs_of(store_uri, "selfplay")
+    metrics = runs[0].data.metrics
+    assert metrics["eval/win_rate_vs_random"] >= 0.8, metrics
+    assert metrics["eval/loss_rate_vs_random"] <= 0.05, metrics
+    ratings = client.get_metric_history(runs[0].info.run_id, "elo/latest_snapshot")
+    assert len(ratings) >= 3, ratings
+    first, last = ratings[0].value, max(r.value for r in ratings[-3:])
+    assert last >= first + 200, [r.value for r in ratings]
