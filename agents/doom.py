@@ -8,6 +8,8 @@ frame stacking, so a feed-forward agent sees no motion and a recurrent one must 
 - Actions: one per button of the scenario (defend_the_center: turn left, turn right, attack).
 - `game_variables` (health, ammo, ...): each becomes one more constant image channel, scaled to
   0..255, so the observation stays one uint8 image a conv net and RLlib's replay take as is.
+- `flicker`: each observation is blanked with that chance (Hausknecht & Stone's flickering
+  Atari, on Doom): memory becomes necessary.
 - Rewards are the scenario's own; `shaping` adds `coef x change` of a game variable per step
   and `reward_scale` multiplies the training reward, both only where the spec asks and only
   in training: evaluation reports the scenario's own return.
@@ -47,6 +49,9 @@ class DoomSettings(Section):
                                       "the game variable, e.g. {HEALTH: 0.01}")
     reward_scale: float = Field(1.0, gt=0, description="training reward multiplier "
                                 "(evaluation reports the scenario's own return)")
+    flicker: float = Field(0.0, ge=0, lt=1, description="chance each observation is blanked "
+                           "(all planes zero), in training and evaluation: flickering Doom, "
+                           "a pixel task a feed-forward agent cannot solve from one frame")
 
 
 def is_doom(env_id: str) -> bool:
@@ -128,13 +133,18 @@ class DoomEnv(gym.Env):
         if seed is not None:
             self.game.set_seed(int(seed) % (2**31))
         self.game.new_episode()
-        return self._read(), {}
+        return self._flicker(self._read()), {}
+
+    def _flicker(self, obs: np.ndarray) -> np.ndarray:
+        if self.settings.flicker and self.np_random.random() < self.settings.flicker:
+            return np.zeros_like(obs)
+        return obs
 
     def step(self, action):
         reward = self.game.make_action(self._actions[int(action)], self.settings.frame_skip)
         before = self._vars.copy()
         terminated = self.game.is_episode_finished()
-        obs = self._read()
+        obs = self._flicker(self._read())
         if self.training:
             for name, coef in self.settings.shaping.items():
                 i = self.names.index(name)

@@ -65,6 +65,26 @@ def test_doom_shaping_and_scale_apply_to_training_only():
     assert rewards["train"][0] == pytest.approx(0.04)     # scaled (health unchanged)
 
 
+def test_flickering_doom_blanks_whole_observations_at_the_rate_asked():
+    agent = DQNAgent(env="Doom/health_gathering",
+                     doom={"screen": [30, 40], "game_variables": ["HEALTH"], "flicker": 0.5})
+    env = make_env_creator(agent)({})
+    obs, _ = env.reset(seed=3)
+    blank = [not obs.any()]
+    for _ in range(200):
+        obs, _, terminated, truncated, _ = env.step(2)
+        blank.append(not obs.any())
+        if terminated or truncated:
+            obs, _ = env.reset()
+    env.close()
+    assert 0.4 < np.mean(blank) < 0.6  # the rest are pictures (a full-health plane at least)
+    steady = DQNAgent(env="Doom/health_gathering", doom={"screen": [30, 40]})
+    env = make_env_creator(steady)({})
+    env.reset(seed=3)
+    assert all(env.step(2)[0].any() for _ in range(50))
+    env.close()
+
+
 def test_doom_eval_env_renders_rgb_frames():
     agent = DQNAgent(env="Doom/basic", doom={"screen": [30, 40]})
     env = make_eval_env(agent, render=True)
