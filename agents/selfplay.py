@@ -276,12 +276,16 @@ def fit_one(results: list[tuple[str, str, int, int, int]], name: str,
 
 
 def opponent_weights(names: list[str], win_rate: dict[str, float], sampling: str,
-                     self_play_share: float) -> tuple[list[str], list[float]]:
+                     self_play_share: float, references: tuple[str, ...] = (),
+                     reference_min_share: float = 0.0) -> tuple[list[str], list[float]]:
     """The opponents `main` is drawn against and their weights: uniform over the pool, or
     prioritized fictitious self-play (AlphaStar's weightings of main's win rate p against
     each): `pfsp`, (1 - p)^2, more games against what it loses to; `pfsp_even`, p (1 - p),
     more games against what it beats half the time (a curriculum while main is weak);
-    `self_play_share` of the games against the current `main` itself."""
+    `self_play_share` of the games against the current `main` itself. Each of `references`
+    keeps at least `reference_min_share` of the league games (the others scaled down to make
+    room): pfsp would otherwise starve a reference main mostly beats, and what main no
+    longer plays it forgets."""
     if sampling == "pfsp":
         raw = [max((1.0 - win_rate.get(n, 0.5)) ** 2, 0.02) for n in names]
     elif sampling == "pfsp_even":
@@ -289,7 +293,16 @@ def opponent_weights(names: list[str], win_rate: dict[str, float], sampling: str
     else:
         raw = [1.0] * len(names)
     total = sum(raw)
-    weights = [(1.0 - self_play_share) * w / total for w in raw]
+    shares = [w / total for w in raw]
+    kept = [i for i, n in enumerate(names) if n in references]
+    low = [i for i in kept if shares[i] < reference_min_share]
+    if low and len(low) < len(names):
+        rest = [i for i in range(len(names)) if i not in low]
+        room = 1.0 - reference_min_share * len(low)
+        scale = room / sum(shares[i] for i in rest)
+        shares = [reference_min_share if i in low else shares[i] * scale
+                  for i in range(len(names))]
+    weights = [(1.0 - self_play_share) * w for w in shares]
     if self_play_share > 0:
         return [*names, MAIN], [*weights, self_play_share]
     return list(names), weights
@@ -389,8 +402,9 @@ def configure(config, agent, league, model_config, seed: int, replay: dict) -> N
     specs = {MAIN: main_spec(info, model_config)}
     for i, opponent in enumerate(league.opponents):
         specs[module_id(opponent)] = reference_spec(info, opponent, 1000 * seed + i)
-    names, weights = opponent_weights([module_id(o) for o in league.opponents], {},
-                                      league.sampling, league.self_play_share)
+    refs = tuple(module_id(o) for o in league.opponents)
+    names, weights = opponent_weights(list(refs), {}, league.sampling, league.self_play_share,
+                                      refs, league.reference_min_share)
     config.multi_agent(policies=set(specs), policies_to_train=[MAIN],
                        policy_mapping_fn=LeagueMapping(names, weights, seed))
     config.rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
@@ -454,7 +468,9 @@ class League:
 
     def mapping(self) -> LeagueMapping:
         names, weights = opponent_weights(self.pool(), self.state.win_rate,
-                                          self.config.sampling, self.config.self_play_share)
+                                          self.config.sampling, self.config.self_play_share,
+                                          tuple(self.references),
+                                          self.config.reference_min_share)
         return LeagueMapping(names, weights, self.seed + len(self.state.snapshots))
 
     def _push_mapping(self, algo) -> None:

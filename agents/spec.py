@@ -213,6 +213,10 @@ class SelfPlay(Section):
                                      "reaches this; snapshot_0 is main before training")
     snapshot_min_games: Count = Field(1000, ge=1, description="league games (not counting "
                                       "self-play) between snapshots, at least")
+    reference_min_share: float = Field(0.0, ge=0, le=0.5, description="each reference "
+                                       "opponent gets at least this share of main's league "
+                                       "games, whatever the sampling: pfsp starves a reference "
+                                       "main mostly beats (random), and main forgets it")
     mirror: bool = Field(False, description="train on a random half of each replayed batch "
                          "seen left-right mirrored (Connect Four and tic-tac-toe are "
                          "symmetric): more positions for the same games")

@@ -174,6 +174,15 @@ def test_pfsp_favours_what_main_loses_to():
                                       "pfsp_even", self_play_share=0)
     w = dict(zip(names, weights, strict=True))
     assert w["snapshot_1"] > w["random"] > w["alphabeta2"] > 0
+    # a reference kept at a minimum share: random, beaten 95%, still gets its 15%
+    pool = ["random", "alphabeta2", "snapshot_1", "snapshot_2"]
+    rates = {"random": 0.95, "alphabeta2": 0.2, "snapshot_1": 0.6, "snapshot_2": 0.5}
+    names, weights = opponent_weights(pool, rates, "pfsp", 0.2)
+    assert dict(zip(names, weights, strict=True))["random"] < 0.02
+    names, weights = opponent_weights(pool, rates, "pfsp", 0.2, ("random", "alphabeta2"), 0.15)
+    w = dict(zip(names, weights, strict=True))
+    assert w["random"] == pytest.approx(0.8 * 0.15) and sum(weights) == pytest.approx(1.0)
+    assert w["alphabeta2"] > w["snapshot_2"] > w["snapshot_1"]  # the rest keeps its order
     names, weights = opponent_weights(["random", "alphabeta2"], {"random": 0.9}, "uniform", 0)
     assert names == ["random", "alphabeta2"] and weights == [0.5, 0.5]
 
