@@ -293,14 +293,17 @@ def opponent_weights(names: list[str], win_rate: dict[str, float], sampling: str
     else:
         raw = [1.0] * len(names)
     total = sum(raw)
-    shares = [w / total for w in raw]
+    base = shares = [w / total for w in raw]
     kept = [i for i, n in enumerate(names) if n in references]
-    low = [i for i in kept if shares[i] < reference_min_share]
-    if low and len(low) < len(names):
-        rest = [i for i in range(len(names)) if i not in low]
-        room = 1.0 - reference_min_share * len(low)
-        scale = room / sum(shares[i] for i in rest)
-        shares = [reference_min_share if i in low else shares[i] * scale
+    floored: set[int] = set()
+    while True:  # raise the references below the floor; scaling the rest may push more below
+        low = {i for i in kept if i not in floored and shares[i] < reference_min_share}
+        if not low or len(floored | low) == len(names):
+            break
+        floored |= low
+        room = 1.0 - reference_min_share * len(floored)
+        scale = room / sum(base[i] for i in range(len(names)) if i not in floored)
+        shares = [reference_min_share if i in floored else base[i] * scale
                   for i in range(len(names))]
     weights = [(1.0 - self_play_share) * w for w in shares]
     if self_play_share > 0:

@@ -183,6 +183,12 @@ def test_pfsp_favours_what_main_loses_to():
     w = dict(zip(names, weights, strict=True))
     assert w["random"] == pytest.approx(0.8 * 0.15) and sum(weights) == pytest.approx(1.0)
     assert w["alphabeta2"] > w["snapshot_2"] > w["snapshot_1"]  # the rest keeps its order
+    # scaling the others down to make room for random must not push alpha-beta below
+    rates = {"random": 0.95, "alphabeta2": 0.44, "snapshot_1": 0.1, "snapshot_2": 0.1}
+    names, weights = opponent_weights(pool, rates, "pfsp", 0.0, ("random", "alphabeta2"), 0.15)
+    w = dict(zip(names, weights, strict=True))
+    assert min(w["random"], w["alphabeta2"]) == pytest.approx(0.15) and sum(weights) == \
+        pytest.approx(1.0)
     names, weights = opponent_weights(["random", "alphabeta2"], {"random": 0.9}, "uniform", 0)
     assert names == ["random", "alphabeta2"] and weights == [0.5, 0.5]
 
