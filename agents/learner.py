@@ -13,8 +13,8 @@
   over seven noisy estimates fed on itself until non-terminal targets sat at 1.0-1.5 (measured
   inside `compute_loss_for_module`); clipping keeps the bootstrap honest. Masked (-inf) moves
   stay -inf.
-- `mirror_game` (self-play): a random half of each replayed batch is seen left-right
-  mirrored (`trainyard.agents.selfplay.mirror_half`).
+- `board_symmetries` (self-play): each replayed transition is seen through a random symmetry
+  of the board (`trainyard.agents.selfplay.symmetric_batch`).
 - Recurrent Q-networks: the loss of replayed sequences is `trainyard.agents.recurrent`'s
   (n-step targets along the sequence, per-sequence priorities).
 """
@@ -76,15 +76,23 @@ class DQNLearner(DQNTorchLearner):
                                                batch=batch, fwd_out=fwd_out)
 
     def _update(self, batch):
-        game = self.config.learner_config_dict.get("mirror_game")
-        if game:
-            from trainyard.agents.games import game_info
-            from trainyard.agents.selfplay import mirror_half
+        symmetries = self.config.learner_config_dict.get("board_symmetries")
+        if symmetries:
+            from trainyard.agents.selfplay import symmetric_batch
 
-            info = game_info(game)
-            batch = {mid: mirror_half(b, info) if Columns.OBS in b else b
+            tables = self._symmetry_tables(symmetries)
+            batch = {mid: symmetric_batch(b, tables) if Columns.OBS in b else b
                      for mid, b in batch.items()}
         return super()._update(batch)
+
+    def _symmetry_tables(self, symmetries: dict):
+        if getattr(self, "_symmetries", None) is None:
+            from trainyard.agents.games import game_info
+            from trainyard.agents.selfplay import board_symmetries
+
+            self._symmetries = board_symmetries(game_info(symmetries["game"]),
+                                                symmetries["mirror"], symmetries["rotations"])
+        return self._symmetries
 
     def apply_gradients(self, gradients_dict) -> None:
         grads = [g for g in gradients_dict.values() if g is not None]

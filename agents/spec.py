@@ -220,6 +220,10 @@ class SelfPlay(Section):
     mirror: bool = Field(False, description="train on a random half of each replayed batch "
                          "seen left-right mirrored (Connect Four and tic-tac-toe are "
                          "symmetric): more positions for the same games")
+    rotations: bool = Field(False, description="also see replayed boards turned by quarter "
+                            "turns (tic-tac-toe: a square board without gravity); with "
+                            "`mirror`, each transition through one of the square's 8 "
+                            "symmetries")
     pool_size: int = Field(20, ge=1, description="the latest snapshots main is drawn against "
                            "(older ones stay rated)")
     win_rate_decay: float = Field(0.99, gt=0, lt=1, description="per game: how slowly the "
@@ -261,6 +265,13 @@ class RLJob(JobBase):
         elif self.selfplay is not None and not is_game(self.agent.env):
             raise ValueError(f"selfplay: {self.agent.env} is not a two-player game; self-play "
                              "needs agent.env OpenSpiel/connect_four or OpenSpiel/tic_tac_toe")
+        if self.selfplay is not None and self.selfplay.rotations:
+            from trainyard.agents.games import game_info
+
+            info = game_info(self.agent.env)
+            if info.gravity or info.rows != info.cols:
+                raise ValueError(f"selfplay.rotations: {info.name} has no rotational symmetry "
+                                 "(pieces fall down the columns); use selfplay.mirror alone")
         if self.selfplay is not None and self.agent.n_step > 1:
             raise ValueError(
                 f"agent.n_step: {self.agent.n_step} with self-play; RLlib's multi-agent replay "

@@ -215,47 +215,65 @@ def test_masked_q_module_never_picks_an_illegal_move():
         assert int(module.forward_inference(batch)[Columns.ACTIONS][0]) not in (0, 3)
 
 
-@pytest.mark.parametrize("info", [C4, TTT], ids=lambda i: i.name)
-def test_a_mirrored_transition_is_the_mirrored_game(info):
-    """mirror_half flips about half the rows of a batch, and a flipped row is exactly what the
-    mirrored sequence of moves gives in OpenSpiel: boards, legal cells and action."""
+@pytest.mark.parametrize("info,rotations,count", [(C4, False, 2), (TTT, False, 2),
+                                                  (TTT, True, 8)],
+                         ids=["connect_four-mirror", "tic_tac_toe-mirror", "tic_tac_toe-all"])
+def test_a_transformed_transition_is_the_transformed_game(info, rotations, count):
+    """symmetric_batch sees each row through one of the board's symmetries, all of them used,
+    and a transformed row is exactly what OpenSpiel gives for the transformed moves: boards,
+    legal cells, action, and the game's outcome played out (a permutation of cells that is
+    not a symmetry would break a winning line)."""
     import torch
     from ray.rllib.core.columns import Columns
 
-    from trainyard.agents.selfplay import mirror_actions, mirror_half
+    from trainyard.agents.selfplay import board_symmetries, mirror_actions, symmetric_batch
 
+    cells, moves_table = tables = board_symmetries(info, mirror=True, rotations=rotations)
+    assert len(cells) == count and (cells[0] == torch.arange(info.rows * info.cols)).all()
+    if not rotations:  # the mirror is the left-right flip
+        assert moves_table[1].tolist() == mirror_actions(torch.arange(info.num_actions),
+                                                         info).tolist()
     rng = np.random.default_rng(0)
-    obs, next_obs, actions, mirrored = [], [], [], []
-    for _ in range(64):
+    obs, next_obs, actions, twins = [], [], [], []
+    for _ in range(96):
         match, moves = Match(info), []
         for _ in range(int(rng.integers(0, 5))):
             moves.append(int(rng.choice(match.legal())))
             match.apply(moves[-1])
-        action = int(rng.choice(match.legal()))
-        mirror = [int(mirror_actions(torch.tensor(m), info)) for m in [*moves, action]]
-        twin = _match(info, mirror[:-1])
-        player = match.to_move
+        action, player = int(rng.choice(match.legal())), match.to_move
         obs.append(match.observation(player))
-        mirrored.append((twin.observation(player), mirror[-1]))
         match.apply(action)
-        twin.apply(mirror[-1])
         next_obs.append(match.observation(player))
         actions.append(action)
-        assert (twin.observation(player) == match.observation(player)[:, ::-1]).all()
+        rest = []
+        while not match.over:  # the game played out, for its outcome
+            rest.append(int(rng.choice(match.legal())))
+            match.apply(rest[-1])
+        row = []
+        for g in range(count):
+            mapped = [int(moves_table[g, m]) for m in [*moves, action, *rest]]
+            twin = _match(info, mapped[:len(moves)])
+            before = twin.observation(player)
+            twin.apply(mapped[len(moves)])
+            row.append((before, twin.observation(player), mapped[len(moves)]))
+            for m in mapped[len(moves) + 1:]:
+                twin.apply(m)
+            assert twin.returns() == match.returns()
+        twins.append(row)
     batch = {Columns.OBS: torch.as_tensor(np.stack(obs)),
              Columns.NEXT_OBS: torch.as_tensor(np.stack(next_obs)),
-             Columns.ACTIONS: torch.as_tensor(actions), Columns.REWARDS: torch.zeros(64)}
-    out = mirror_half(batch, info, torch.Generator().manual_seed(0))
-    flipped = [i for i in range(64) if int(out[Columns.ACTIONS][i]) != actions[i]
-               or not torch.equal(out[Columns.OBS][i], batch[Columns.OBS][i])]
-    assert 16 <= len(flipped) <= 48
-    for i in range(64):
-        if i in flipped:
-            assert (out[Columns.OBS][i].numpy() == mirrored[i][0]).all()
-            assert int(out[Columns.ACTIONS][i]) == mirrored[i][1]
-        else:
-            assert torch.equal(out[Columns.OBS][i], batch[Columns.OBS][i])
-            assert int(out[Columns.ACTIONS][i]) == actions[i]
+             Columns.ACTIONS: torch.as_tensor(actions), Columns.REWARDS: torch.zeros(96)}
+    out = symmetric_batch(batch, tables, torch.Generator().manual_seed(0))
+    seen = set()
+    for i, row in enumerate(twins):
+        got = (out[Columns.OBS][i].numpy(), out[Columns.NEXT_OBS][i].numpy(),
+               int(out[Columns.ACTIONS][i]))
+        match_g = [g for g, (o, n, a) in enumerate(row)
+                   if (o == got[0]).all() and (n == got[1]).all() and a == got[2]]
+        assert match_g, f"row {i} is not the game seen through any symmetry"
+        seen.add(match_g[0])
+    assert len(seen) == count  # every symmetry drawn (96 rows)
+    assert out[Columns.ACTIONS].dtype == batch[Columns.ACTIONS].dtype
     assert out[Columns.REWARDS] is batch[Columns.REWARDS]
 
 
@@ -271,6 +289,8 @@ def test_selfplay_spec_errors():
         RLJob.model_validate({**base, "selfplay": {"opponents": ["minimax:3"]}})
     with pytest.raises(ValidationError, match="CartPole-v1 is not a two-player game"):
         RLJob.model_validate({**base, "agent": {"env": "CartPole-v1"}, "selfplay": {}})
+    with pytest.raises(ValidationError, match="selfplay.rotations: connect_four has no rot"):
+        RLJob.model_validate({**base, "selfplay": {"rotations": True}})
     with pytest.raises(ValidationError, match="set agent.n_step: 1"):
         RLJob.model_validate({**base, "agent": {"env": "OpenSpiel/connect_four", "n_step": 3,
                                                 "rollout_fragment_length": 4}})
