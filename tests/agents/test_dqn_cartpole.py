@@ -24,3 +24,36 @@ def test_dqn_learns_cartpole_in_20k_steps(workdir, store_uri):
     assert len(evals) >= 2 and max(m.value for m in evals) >= 150
     videos = [a.path for a in client.list_artifacts(run.info.run_id, "videos")]
     assert videos and all(v.endswith(".gif") for v in videos)
+
+
+@pytest.mark.parametrize("name", ["adam", "rmsprop"])
+def test_learner_builds_the_optimizer_the_spec_names(name):
+    """agent.optimizer picks the learner's optimizer and its settings: Adam with torch's fused
+    kernel (a third of the multi-tensor step time on the Nature CNN), or the Nature paper's
+    centered RMSProp."""
+    import torch
+
+    from trainyard.agents.runner import build_config
+    from trainyard.loader import load_spec
+
+    spec = load_spec(CARTPOLE, [f"agent.optimizer={name}", "agent.optimizer_eps=0.01",
+                                "agent.rmsprop_decay=0.9", "agent.lr=0.003"]).spec
+    algo = build_config(spec, 0).build_algo()
+    try:
+        learner = algo.learner_group._learner
+        optimizer = learner.get_optimizer(next(iter(learner.module.keys())))
+        group = optimizer.param_groups[0]
+        assert group["eps"] == 0.01 and group["lr"] == pytest.approx(0.003)
+        if name == "adam":
+            assert isinstance(optimizer, torch.optim.Adam) and group["fused"]
+        else:
+            assert isinstance(optimizer, torch.optim.RMSprop)
+            assert group["centered"] and group["alpha"] == 0.9
+        # and it trains: one update through RLlib's loop changes the weights
+        before = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
+        algo.train()
+        algo.train()
+        after = optimizer.param_groups[0]["params"]
+        assert any(not torch.equal(a, b) for a, b in zip(after, before))
+    finally:
+        algo.stop()
