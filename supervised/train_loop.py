@@ -250,7 +250,10 @@ def _rank0_logger(ctx, fit_id: str | None, step: int) -> tracking.RunLogger:
     """
     tags = tracking.get_tags(ctx.run)
     if fit_id is None or tags.get(f"{tracking.TAG}fit_id") != fit_id:  # this fit's first start
-        tracking.set_tags(ctx.run, {f"{tracking.TAG}fit_id": fit_id})
+        # The threads torch computes with on each worker (Ray sets OMP_NUM_THREADS from the
+        # worker's CPUs): what to look at first when samples/s disappoint.
+        tracking.set_tags(ctx.run, {f"{tracking.TAG}fit_id": fit_id,
+                                    f"{tracking.TAG}torch_threads": torch.get_num_threads()})
         logger = ctx.logger()
         logger.log({"perf/startup_s": ctx.startup_seconds()}, step=step)
         return logger

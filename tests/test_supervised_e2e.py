@@ -40,6 +40,9 @@ def test_short_digits_run_lands_in_mlflow(workdir, store_uri, capsys):
     assert tags["trainyard.overrides"].startswith("stop.epochs=3")
     assert tags["trainyard.version.torch"].startswith("2.13")
     assert tags["trainyard.git_commit"] and tags["trainyard.host"]
+    # each worker computes with the threads of its CPUs (Ray's OMP_NUM_THREADS)
+    cpus = float(run.data.params["resources.cpus_per_worker"])
+    assert tags["trainyard.torch_threads"] == str(max(1, int(cpus)))
     # metric history: one point per epoch, steps = optimizer steps, strictly increasing
     history = client.get_metric_history(run.info.run_id, "val/accuracy")
     steps = [m.step for m in sorted(history, key=lambda m: m.step)]

@@ -78,7 +78,8 @@ def trainyard_run(epochs: int, workers: int, cpus: int) -> dict[str, float]:
         history = client.get_metric_history(run.info.run_id, "perf/samples_per_s")
         rates = [m.value for m in sorted(history, key=lambda m: m.step)]
         return {"wall": wall, "rate": statistics.median(rates[1:]),
-                "startup": run.data.metrics["perf/startup_s"]}
+                "startup": run.data.metrics["perf/startup_s"],
+                "threads": run.data.tags.get("trainyard.torch_threads", "?")}
 
 
 def main() -> None:
@@ -92,7 +93,8 @@ def main() -> None:
     plain = (before + plain_torch(epochs)) / 2
     two = trainyard_run(epochs, workers=2, cpus=1)
     print(f"digits resnet: plain torch {plain:,.0f}/s | trainyard 1 worker {one['rate']:,.0f}/s "
-          f"({one['rate'] / plain:.2f}x plain) | 2 workers {two['rate']:,.0f}/s "
+          f"({one['rate'] / plain:.2f}x plain, {one['threads']} torch threads) | 2 workers "
+          f"{two['rate']:,.0f}/s "
           f"({two['rate'] / one['rate']:.2f}x 1 worker) | 1-worker run {one['wall']:.0f} s end "
           f"to end, {one['startup']:.0f} s to first step")
 
