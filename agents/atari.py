@@ -23,6 +23,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
+from ray.rllib.algorithms.dqn.dqn_learner import QF_PREDS
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
@@ -294,3 +296,30 @@ class AtariQModule(DefaultDQNTorchRLModule):
     def _qf_forward_helper(self, batch, encoder, head):
         scaled = {**batch, Columns.OBS: batch[Columns.OBS].float() / 255.0}
         return super()._qf_forward_helper(scaled, encoder, head)
+
+    def forward_exploration(self, batch, **kwargs):
+        # RLlib switches the module to eval mode and back around every acting step (a walk
+        # over each submodule, twice: ~5% of Atari sampling, py-spy). Without dropout or
+        # batch norm the mode changes nothing, so acting skips the switch.
+        if self._mode_free():
+            return self._forward_exploration(batch, **kwargs)
+        return super().forward_exploration(batch, **kwargs)
+
+    def _forward_exploration(self, batch, t):
+        """Epsilon-greedy over the Q-values: RLlib's rule (uniform random action with
+        probability epsilon, else the argmax) without building a distribution object."""
+        if self.is_stateful():
+            return super()._forward_exploration(batch, t)
+        values = self.compute_q_values(batch)[QF_PREDS]
+        self.epsilon_schedule.update(t)
+        epsilon = self.epsilon_schedule.get_current_value()
+        greedy = values.argmax(-1)
+        explore = torch.rand(greedy.shape, device=values.device) < epsilon
+        random = torch.randint(values.shape[-1], greedy.shape, device=values.device)
+        return {Columns.ACTIONS: torch.where(explore, random, greedy)}
+
+    def _mode_free(self) -> bool:
+        if getattr(self, "_no_mode_layers", None) is None:
+            modal = (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)
+            self._no_mode_layers = not any(isinstance(m, modal) for m in self.modules())
+        return self._no_mode_layers

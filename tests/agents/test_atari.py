@@ -187,3 +187,38 @@ def test_flickering_frames_are_blanked_at_the_asked_rate_and_keep_a_channel():
     blank = [not single.step(0)[0].any() for _ in range(200)]
     assert 0.4 < np.mean(blank) < 0.6
     single.close()
+
+
+def test_the_q_module_acts_epsilon_greedy_without_leaving_train_mode():
+    """AtariQModule's acting step: the greedy action at epsilon 0, uniform over all actions at
+    epsilon 1, and the module's mode untouched (RLlib's eval/train switch is skipped: the
+    Nature network has no dropout or batch norm)."""
+    import gymnasium as gym
+    import torch
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from trainyard.agents.atari import AtariQModule
+    from trainyard.agents.runner import build_config
+    from trainyard.agents.spec import RLJob
+
+    spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
+        "env": "ALE/Pong-v5", "hidden": [64], "conv_filters": [[8, 8, 4], [8, 4, 2]]}})
+    module = RLModuleSpec(module_class=AtariQModule,
+                          observation_space=gym.spaces.Box(0, 255, (84, 84, 4), np.uint8),
+                          action_space=gym.spaces.Discrete(6),
+                          model_config=build_config(spec, 0).model_config).build()
+    module.train()
+    switches = []
+    module.eval = lambda: switches.append("eval")  # RLlib's acting step would call it
+    obs = {Columns.OBS: torch.randint(0, 256, (512, 84, 84, 4), dtype=torch.uint8)}
+    greedy = module.compute_q_values(obs)["qf_preds"].argmax(-1)
+    module.epsilon_schedule = type(module.epsilon_schedule)(fixed_value_or_schedule=0.0,
+                                                            framework="torch")
+    assert torch.equal(module.forward_exploration(obs, t=0)[Columns.ACTIONS], greedy)
+    assert not switches and module.training
+    module.epsilon_schedule = type(module.epsilon_schedule)(fixed_value_or_schedule=1.0,
+                                                            framework="torch")
+    actions = module.forward_exploration(obs, t=0)[Columns.ACTIONS]
+    counts = torch.bincount(actions, minlength=6)
+    assert counts.min() > 50 and not torch.equal(actions, greedy)  # ~85 each of 6
