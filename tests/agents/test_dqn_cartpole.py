@@ -54,6 +54,6 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
         algo.train()
         algo.train()
         after = optimizer.param_groups[0]["params"]
-        assert any(not torch.equal(a, b) for a, b in zip(after, before))
+        assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     finally:
         algo.stop()
