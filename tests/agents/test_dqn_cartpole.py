@@ -31,6 +31,7 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
     """agent.optimizer picks the learner's optimizer and its settings: Adam with torch's fused
     kernel (a third of the multi-tensor step time on the Nature CNN), or the Nature paper's
     centered RMSProp."""
+    import ray
     import torch
 
     from trainyard.agents.runner import build_config
@@ -38,8 +39,9 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
 
     spec = load_spec(CARTPOLE, [f"agent.optimizer={name}", "agent.optimizer_eps=0.01",
                                 "agent.rmsprop_decay=0.9", "agent.lr=0.003"]).spec
-    algo = build_config(spec, 0).build_algo()
-    try:
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:  # Ray is shut down at the end: later tests start their own
+        algo = build_config(spec, 0).build_algo()
         learner = algo.learner_group._learner
         optimizer = learner.get_optimizer(next(iter(learner.module.keys())))
         group = optimizer.param_groups[0]
@@ -49,11 +51,12 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
         else:
             assert isinstance(optimizer, torch.optim.RMSprop)
             assert group["centered"] and group["alpha"] == 0.9
-        # and it trains: one update through RLlib's loop changes the weights
+        # and it trains: updates through RLlib's loop change the weights
         before = [p.detach().clone() for p in optimizer.param_groups[0]["params"]]
         algo.train()
         algo.train()
         after = optimizer.param_groups[0]["params"]
         assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
-    finally:
         algo.stop()
+    finally:
+        ray.shutdown()
