@@ -308,8 +308,6 @@ class AtariQModule(DefaultDQNTorchRLModule):
     def _forward_exploration(self, batch, t):
         """Epsilon-greedy over the Q-values: RLlib's rule (uniform random action with
         probability epsilon, else the argmax) without building a distribution object."""
-        if self.is_stateful():
-            return super()._forward_exploration(batch, t)
         values = self.compute_q_values(batch)[QF_PREDS]
         self.epsilon_schedule.update(t)
         epsilon = self.epsilon_schedule.get_current_value()

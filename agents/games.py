@@ -38,6 +38,11 @@ class GameInfo:
     marks: tuple[str, str] = ("x", "o")
 
     @property
+    def turns(self) -> bool:
+        """Quarter turns are symmetries: a square board without gravity."""
+        return not self.gravity and self.rows == self.cols
+
+    @property
     def num_actions(self) -> int:
         return self.cols if self.gravity else self.rows * self.cols
 

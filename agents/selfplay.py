@@ -339,15 +339,6 @@ class MainOnlyPrioritizedEpisodeReplayBuffer(_SampleMainOnly,
 # --------------------------------------------------------------------------- symmetry
 
 
-def mirror_actions(actions: torch.Tensor, info: GameInfo) -> torch.Tensor:
-    """The left-right mirror of actions: column c -> cols-1-c (gravity games), cell
-    (r, c) -> (r, cols-1-c) otherwise."""
-    cols = info.cols
-    if info.gravity:
-        return cols - 1 - actions
-    return actions - actions % cols + (cols - 1 - actions % cols)
-
-
 def board_symmetries(info: GameInfo, mirror: bool = True,
                      rotations: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """The symmetries the league trains on, identity first, as two tables with a row each:
@@ -355,7 +346,7 @@ def board_symmetries(info: GameInfo, mirror: bool = True,
     board shows; `moves[g, a]`, where action a goes. The left-right mirror (both games) and,
     for a square board without gravity (tic-tac-toe), the quarter turns: with both, the 8
     symmetries of the square."""
-    if rotations and (info.gravity or info.rows != info.cols):
+    if rotations and not info.turns:
         raise ValueError(f"{info.name}: only a square board without gravity has rotations")
     grid = np.arange(info.rows * info.cols).reshape(info.rows, info.cols)
     views = [np.rot90(grid, k) for k in range(4)] if rotations else [grid]

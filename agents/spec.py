@@ -269,7 +269,7 @@ class RLJob(JobBase):
             from trainyard.agents.games import game_info
 
             info = game_info(self.agent.env)
-            if info.gravity or info.rows != info.cols:
+            if not info.turns:
                 raise ValueError(f"selfplay.rotations: {info.name} has no rotational symmetry "
                                  "(pieces fall down the columns); use selfplay.mirror alone")
         if self.selfplay is not None and self.agent.n_step > 1:

@@ -226,13 +226,14 @@ def test_a_transformed_transition_is_the_transformed_game(info, rotations, count
     import torch
     from ray.rllib.core.columns import Columns
 
-    from trainyard.agents.selfplay import board_symmetries, mirror_actions, symmetric_batch
+    from trainyard.agents.selfplay import board_symmetries, symmetric_batch
 
     cells, moves_table = tables = board_symmetries(info, mirror=True, rotations=rotations)
     assert len(cells) == count and (cells[0] == torch.arange(info.rows * info.cols)).all()
-    if not rotations:  # the mirror is the left-right flip
-        assert moves_table[1].tolist() == mirror_actions(torch.arange(info.num_actions),
-                                                         info).tolist()
+    if not rotations:  # the mirror is the left-right flip: column c, or cell (r, c), to cols-1-c
+        a, cols = torch.arange(info.num_actions), info.cols
+        flipped = cols - 1 - a if info.gravity else a - a % cols + (cols - 1 - a % cols)
+        assert moves_table[1].tolist() == flipped.tolist()
     rng = np.random.default_rng(0)
     obs, next_obs, actions, twins = [], [], [], []
     for _ in range(96):
