@@ -36,6 +36,7 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
 )
 
 from trainyard.agents.envs import SCREEN, AtariSettings, rom_name
+from trainyard.agents.learner import LeanDoubleQ
 
 
 class _SingleFrames(gym.vector.VectorWrapper):
@@ -289,7 +290,7 @@ def _stacked_transition(buffer, index: int, t: int, n_step, gamma: float,
     return sample
 
 
-class AtariQModule(DefaultDQNTorchRLModule):
+class AtariQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
     """RLlib's DQN Q-network (conv encoder, Q head; dueling and distributional as configured)
     taking uint8 frames, scaled to [0, 1] on the way in (on the learner's device)."""
 

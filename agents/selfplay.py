@@ -47,6 +47,7 @@ from trainyard.agents.games import (
     legal_mask,
     reference_player,
 )
+from trainyard.agents.learner import LeanDoubleQ
 
 MAIN = "main"
 AGENTS = ("player_0", "player_1")
@@ -100,7 +101,7 @@ class GameEnv(MultiAgentEnv):
 # --------------------------------------------------------------------------- modules
 
 
-class MaskedQModule(DefaultDQNTorchRLModule):
+class MaskedQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
     """DQN's Q-network on the board planes; the Q-values of illegal actions are -inf (the
     mask is read off the observation's plane 2, see trainyard.agents.games)."""
 

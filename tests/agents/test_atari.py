@@ -222,3 +222,59 @@ def test_the_q_module_acts_epsilon_greedy_without_leaving_train_mode():
     actions = module.forward_exploration(obs, t=0)[Columns.ACTIONS]
     counts = torch.bincount(actions, minlength=6)
     assert counts.min() > 50 and not torch.equal(actions, greedy)  # ~85 each of 6
+
+
+def test_double_q_training_forward_matches_rllib_without_grad_through_next_obs():
+    """AtariQModule's double-Q training forward gives RLlib's Q-values and the same gradients
+    of the DQN loss, and builds no autograd graph for the next observations."""
+    import gymnasium as gym
+    import torch
+    from ray.rllib.algorithms.dqn.dqn_learner import (
+        QF_NEXT_PREDS,
+        QF_PREDS,
+        QF_TARGET_NEXT_PREDS,
+    )
+    from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import (
+        DefaultDQNTorchRLModule,
+    )
+    from ray.rllib.core.columns import Columns
+    from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+    from trainyard.agents.atari import AtariQModule
+    from trainyard.agents.runner import build_config
+    from trainyard.agents.spec import RLJob
+
+    spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
+        "env": "ALE/Pong-v5", "hidden": [32], "conv_filters": [[8, 8, 4], [8, 4, 2]],
+        "double_q": True, "dueling": True}})
+    torch.manual_seed(0)
+    module = RLModuleSpec(module_class=AtariQModule,
+                          observation_space=gym.spaces.Box(0, 255, (84, 84, 4), np.uint8),
+                          action_space=gym.spaces.Discrete(6),
+                          model_config=build_config(spec, 0).model_config).build()
+    module.make_target_networks()
+    with torch.no_grad():  # a target net that differs from the online one
+        for p in module.get_target_network_pairs()[0][1].parameters():
+            p.add_(0.1)
+    frames = torch.randint(0, 256, (2, 32, 84, 84, 4), dtype=torch.uint8)
+    batch = {Columns.OBS: frames[0], Columns.NEXT_OBS: frames[1],
+             Columns.ACTIONS: torch.randint(0, 6, (32,))}
+
+    def loss_and_grads(forward):
+        module.zero_grad()
+        out = forward(batch)
+        best = out[QF_NEXT_PREDS].argmax(-1, keepdim=True)
+        target = 0.99 * out[QF_TARGET_NEXT_PREDS].gather(-1, best).squeeze(-1)
+        q = out[QF_PREDS].gather(-1, batch[Columns.ACTIONS][:, None]).squeeze(-1)
+        torch.nn.functional.huber_loss(q, target.detach()).backward()
+        return out, [p.grad.clone() for p in module.parameters() if p.grad is not None]
+
+    ours, our_grads = loss_and_grads(module._forward_train)
+    theirs, their_grads = loss_and_grads(
+        lambda b: DefaultDQNTorchRLModule._forward_train(module, b))
+    for key in (QF_PREDS, QF_NEXT_PREDS, QF_TARGET_NEXT_PREDS):
+        assert torch.allclose(ours[key], theirs[key], atol=1e-5), key
+    assert len(our_grads) == len(their_grads) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(our_grads, their_grads,
+                                                                 strict=True))
+    assert not ours[QF_NEXT_PREDS].requires_grad and theirs[QF_NEXT_PREDS].requires_grad
