@@ -145,7 +145,12 @@ def _atari(config, agent) -> None:
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-    from trainyard.agents.atari import AtariQModule, StackFrames, return_freed_frames_to_the_os
+    from trainyard.agents.atari import (
+        ActionsToNumpy,
+        AtariQModule,
+        StackFrames,
+        return_freed_frames_to_the_os,
+    )
 
     return_freed_frames_to_the_os()  # the replay lives in this process (the driver)
     if agent.recurrent is not None:  # single frames (84, 84, 1) into the LSTM network,
@@ -155,7 +160,10 @@ def _atari(config, agent) -> None:
     k = agent.atari.frame_stack
     config.env_runners(gym_env_vectorize_mode="vector_entry_point",
                        env_to_module_connector=lambda env, spaces=None, device=None:
-                       StackFrames(num_frames=k),
+                       StackFrames(num_frames=k, device=device),
+                       module_to_env_connector=lambda env, spaces=None: ActionsToNumpy(),
+                       add_default_connectors_to_env_to_module_pipeline=False,
+                       add_default_connectors_to_module_to_env_pipeline=False,
                        episode_lookback_horizon=k)
     # by dotted name: RLlib tells episode buffers from the old stack's by "EpisodeReplayBuffer"
     # in the type's name

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from trainyard.agents.envs import AtariSettings, make_eval_env, rom_name
 from trainyard.agents.spec import DQNAgent
@@ -74,27 +75,45 @@ def test_replay_keeps_each_frame_once():
 
 
 def test_connector_stacks_the_last_frames_of_running_episodes():
+    """StackFrames hands the Q-module each game's last 4 frames as one uint8 tensor: rebuilt
+    from the episode for a new game or a first call, rolled forward with the step's frame
+    otherwise, the same either way (through a chunk the env runner cut, and a new episode)."""
     import gymnasium as gym
     from ray.rllib.env.single_agent_episode import SingleAgentEpisode
 
     space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    frame = lambda v: np.full((84, 84), v, np.uint8)  # noqa: E731
     connector = atari.StackFrames(space, gym.spaces.Discrete(6), num_frames=4)
     assert connector.observation_space.shape == (84, 84, 4)
-    young = SingleAgentEpisode(observations=[np.full((84, 84), 7, np.uint8)],
-                               observation_space=space, action_space=gym.spaces.Discrete(6),
-                               len_lookback_buffer=0)
-    old = SingleAgentEpisode(observations=[np.full((84, 84), i, np.uint8) for i in range(6)],
-                             actions=[0] * 5, rewards=[0.0] * 5, observation_space=space,
-                             action_space=gym.spaces.Discrete(6), len_lookback_buffer=0)
+
+    def episode(values):
+        return SingleAgentEpisode(observations=[frame(v) for v in values],
+                                  actions=[0] * (len(values) - 1),
+                                  rewards=[0.0] * (len(values) - 1), observation_space=space,
+                                  action_space=gym.spaces.Discrete(6), len_lookback_buffer=0)
+
+    def stacks(games, newest=None):
+        kwargs = {} if newest is None else {"obs": [frame(v) for v in newest]}
+        out = connector(rl_module=None, batch={}, episodes=games, **kwargs)["obs"]
+        fresh = atari.StackFrames(space, gym.spaces.Discrete(6), num_frames=4)
+        rebuilt = fresh(rl_module=None, batch={}, episodes=games)["obs"]
+        assert out.dtype == torch.uint8 and torch.equal(out, rebuilt)
+        return [out[i, 0, 0].tolist() for i in range(len(games))]
+
+    young, old = episode([7]), episode(range(6))
+    assert stacks([young, old]) == [[7, 7, 7, 7], [2, 3, 4, 5]]
     # the env runner hands on a running episode in chunks that look back k frames
     chunk = old.cut(len_lookback_buffer=4)
-    chunk.add_env_step(np.full((84, 84), 6, np.uint8), 0, 0.0)
-    stacks = []
-    for episode in (young, old, chunk):
-        batch = connector(rl_module=None, batch={}, episodes=[episode])
-        # RLlib keys items by episode before batching them: {(episode id,): [stack]}
-        stacks.append(np.asarray(batch["obs"][(episode.id_,)][0]))
-    assert [list(s[0, 0]) for s in stacks] == [[7, 7, 7, 7], [2, 3, 4, 5], [3, 4, 5, 6]]
+    young.add_env_step(frame(8), 0, 0.0)
+    chunk.add_env_step(frame(6), 0, 0.0)
+    assert stacks([young, chunk], newest=[8, 6]) == [[7, 7, 7, 8], [3, 4, 5, 6]]
+    # game 0 ends and starts a new episode; game 1 steps on
+    new = episode([9])
+    chunk.add_env_step(frame(10), 0, 0.0)
+    assert stacks([new, chunk], newest=[9, 10]) == [[9, 9, 9, 9], [4, 5, 6, 10]]
+    actions = atari.ActionsToNumpy()(rl_module=None, batch={"actions": torch.tensor([3, 1])},
+                                     episodes=[new, chunk])["actions"]
+    assert isinstance(actions, np.ndarray) and actions.tolist() == [3, 1]
 
 
 def test_evaluation_env_plays_whole_games_on_the_real_score():
