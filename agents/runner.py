@@ -164,6 +164,11 @@ def _atari(config, agent) -> None:
                        module_to_env_connector=lambda env, spaces=None: ActionsToNumpy(),
                        add_default_connectors_to_env_to_module_pipeline=False,
                        add_default_connectors_to_module_to_env_pipeline=False,
+                       # Chunks of a running game are appended to its stored episode; a
+                       # numpy'd episode is copied whole on each append (RLlib pops and
+                       # concatenates its arrays): 18.5 ms per 4-step chunk at 3,000 steps
+                       # against 0.8 ms as lists, and Pong games run to thousands of steps.
+                       episodes_to_numpy=False,
                        episode_lookback_horizon=k)
     # by dotted name: RLlib tells episode buffers from the old stack's by "EpisodeReplayBuffer"
     # in the type's name
