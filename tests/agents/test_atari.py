@@ -310,3 +310,28 @@ def test_running_games_are_stored_as_lists_so_appending_a_chunk_costs_the_chunk(
     config = build_config(spec, 0)
     assert config.episodes_to_numpy is False
     assert not config.add_default_connectors_to_env_to_module_pipeline
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_a_game_is_stored_as_lists_while_it_runs_and_as_one_array_once_it_ends(prioritized):
+    import gymnasium as gym
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    space = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+    kind = (atari.FrameStackPrioritizedEpisodeReplayBuffer if prioritized
+            else atari.FrameStackEpisodeReplayBuffer)
+    buffer = kind(capacity=10_000, num_frames=4)
+    game = SingleAgentEpisode(observation_space=space, action_space=gym.spaces.Discrete(6))
+    game.add_env_reset(np.zeros((84, 84), np.uint8))
+    for chunk in range(3):
+        for i in range(4):
+            step = 4 * chunk + i + 1
+            game.add_env_step(np.full((84, 84), step, np.uint8), 0, 1.0,
+                              terminated=chunk == 2 and i == 3)
+        nxt = game.cut(len_lookback_buffer=4) if not game.is_done else None
+        buffer.add([game])
+        stored = buffer.episodes[0]
+        assert stored.is_numpy == (chunk == 2) and len(stored) == 4 * (chunk + 1)
+        game = nxt
+    frames = np.asarray(stored.get_observations(slice(None)))
+    assert frames.shape == (13, 84, 84) and frames[:, 0, 0].tolist() == list(range(13))
