@@ -6,10 +6,11 @@ loop runs in this process with 2 torch threads; trainyard runs `trainyard run` a
 Samples/s count training steps only (what `perf/samples_per_s` logs), medians over epochs.
 Prints one line:
 
-    digits resnet: plain torch 6,900/s | trainyard 1 worker 6,500/s (0.94x plain) | 2 workers
-    4,600/s (0.71x 1 worker) | 1-worker run 30 s end to end, 19 s to first step
+    digits resnet: plain torch 6,900/s | trainyard 1 worker 6,500/s (0.94x plain, median of 3
+    rounds, 0.90-0.97; 2 torch threads) | 2 workers 4,600/s (0.71x 1 worker) | 1-worker run
+    30 s end to end, 19 s to first step
 
-Run: .venv/bin/python tests/benchmarks/bench_supervised.py [--epochs 16]
+Run: .venv/bin/python tests/benchmarks/bench_supervised.py [--epochs 16] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -85,18 +86,28 @@ def trainyard_run(epochs: int, workers: int, cpus: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=16)
-    epochs = parser.parse_args().epochs
-    # This VM's speed drifts by 10% over a minute: the plain loop runs before and after the
-    # 1-worker run and its baseline is the mean of the two.
-    before = plain_torch(epochs)
-    one = trainyard_run(epochs, workers=1, cpus=2)
-    plain = (before + plain_torch(epochs)) / 2
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="1-worker runs, each between two plain-loop runs")
+    args = parser.parse_args()
+    epochs = args.epochs
+    # This VM's speed drifts by 10-20% within a minute: each 1-worker run sits between two
+    # plain-loop runs and is compared with their mean; the ratio printed is the median of the
+    # rounds, with the lowest and highest beside it.
+    plain_runs, ones, ratios = [plain_torch(epochs)], [], []
+    for _ in range(args.rounds):
+        ones.append(trainyard_run(epochs, workers=1, cpus=2))
+        plain_runs.append(plain_torch(epochs))
+        ratios.append(ones[-1]["rate"] / ((plain_runs[-2] + plain_runs[-1]) / 2))
+    plain = statistics.median(plain_runs)
+    one = {"rate": statistics.median(r["rate"] for r in ones), "threads": ones[0]["threads"],
+           "wall": statistics.median(r["wall"] for r in ones),
+           "startup": statistics.median(r["startup"] for r in ones)}
     two = trainyard_run(epochs, workers=2, cpus=1)
     print(f"digits resnet: plain torch {plain:,.0f}/s | trainyard 1 worker {one['rate']:,.0f}/s "
-          f"({one['rate'] / plain:.2f}x plain, {one['threads']} torch threads) | 2 workers "
-          f"{two['rate']:,.0f}/s "
-          f"({two['rate'] / one['rate']:.2f}x 1 worker) | 1-worker run {one['wall']:.0f} s end "
-          f"to end, {one['startup']:.0f} s to first step")
+          f"({statistics.median(ratios):.2f}x plain, median of {len(ratios)} rounds, "
+          f"{min(ratios):.2f}-{max(ratios):.2f}; {one['threads']} torch threads) | 2 workers "
+          f"{two['rate']:,.0f}/s ({two['rate'] / one['rate']:.2f}x 1 worker) | 1-worker run "
+          f"{one['wall']:.0f} s end to end, {one['startup']:.0f} s to first step")
 
 
 if __name__ == "__main__":
