@@ -66,7 +66,14 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         port = users_port or str(_free_port())
         os.environ["RAY_GCS_SERVER_PORT"] = port
         address_here = f"{ray.util.get_node_ip_address()}:{port}"
-        kwargs["runtime_env"] = {"env_vars": {"RAY_ADDRESS": address_here}}
+        env_vars = {"RAY_ADDRESS": address_here}
+        # Ray Train's preemption watcher waits for a cloud node's shutdown notice, which an
+        # embedded Ray on this machine never gets; it only added an actor and an ERROR line to
+        # every supervised run ("PreemptionWatcher ... has constructor arguments in the object
+        # store"). Off for local sessions unless the user set it; a cluster keeps its own.
+        if "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ:
+            env_vars["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        kwargs["runtime_env"] = {"env_vars": env_vars}
     try:
         ray.init(**kwargs)
     finally:

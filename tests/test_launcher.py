@@ -77,3 +77,22 @@ def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir
     finally:
         other.kill()
         other.wait()
+
+
+def test_local_session_runs_ray_train_without_the_preemption_watcher(workdir, monkeypatch):
+    """An embedded Ray never gets a cloud node's shutdown notice: the job's processes (Ray
+    Train's controller among them) see the watcher switched off, unless the user chose."""
+    import ray
+
+    from trainyard.launcher import ray_session
+
+    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+
+    @ray.remote(num_cpus=0)
+    def setting() -> str | None:
+        import os
+
+        return os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+
+    with ray_session(cpus=1):
+        assert ray.get(setting.remote()) == "0"
