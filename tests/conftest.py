@@ -88,10 +88,10 @@ def pytest_unconfigure(config):
     itself down (exit 139), with C++ threads of the in-process Ray, gloo and OpenMP still
     alive. That teardown is not what the suite tests (every product path it checks runs to its
     end inside the tests, most in subprocesses whose exit codes are asserted), so the process
-    stops Ray the way `ray.shutdown` does and leaves with pytest's own exit status.
+    stops an in-process Ray with `ray.shutdown` and leaves with pytest's own exit status.
     """
     status = getattr(config, "_trainyard_exitstatus", None)
-    if status is None:  # collection-only runs and the like: leave them alone
+    if status is None:  # pytest stopped before a session ran (--help, usage errors)
         return
     ray = sys.modules.get("ray")
     if ray is not None and ray.is_initialized():
