@@ -64,6 +64,10 @@ class ProgressPrinter:
 
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
+        try:  # wake the reader's blocking get
+            self.channel.queue.put_nowait(None)
+        except Exception:  # Ray already gone: the thread ends with it
+            pass
         self._thread.join(timeout=5)
         self._drain()
 
@@ -76,17 +80,21 @@ class ProgressPrinter:
     def _drain(self) -> None:
         while True:
             try:
-                self._print(self.channel.queue.get_nowait())
+                item = self.channel.queue.get_nowait()
             except Exception:
                 return
+            if item is not None:
+                self._print(item)
 
     def _loop(self) -> None:
-        from ray.util.queue import Empty
-
+        # One blocking get at a time, woken by an item or by __exit__'s None. A get with a
+        # timeout would be a call into the queue actor twice a second: on 2 cores every such
+        # wake-up of Ray's processes is taken from a training thread (see launcher.py).
         while not self._stop.is_set():
             try:
-                self._print(self.channel.queue.get(timeout=0.5))
-            except Empty:
-                continue
+                item = self.channel.queue.get()
             except Exception:  # Ray shutting down under us
                 return
+            if item is None:
+                return
+            self._print(item)

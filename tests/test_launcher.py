@@ -79,20 +79,26 @@ def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir
         other.wait()
 
 
-def test_local_session_runs_ray_train_without_the_preemption_watcher(workdir, monkeypatch):
-    """An embedded Ray never gets a cloud node's shutdown notice: the job's processes (Ray
-    Train's controller among them) see the watcher switched off, unless the user chose."""
+def test_local_session_runs_ray_train_without_the_services_a_cluster_needs(workdir,
+                                                                          monkeypatch):
+    """An embedded Ray never gets a cloud node's shutdown notice, and nothing scrapes Ray
+    Train's metrics or reads its JSON logs: the job's processes (Ray Train's controller among
+    them) see those switched off; a setting the user made is kept."""
     import ray
 
-    from trainyard.launcher import ray_session
+    from trainyard.launcher import LOCAL_OFF, ray_session
 
-    monkeypatch.delenv("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", raising=False)
+    names = ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", *LOCAL_OFF)
+    for name in names:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RAY_TRAIN_METRICS_ENABLED", "1")  # the user wants Train's metrics
 
     @ray.remote(num_cpus=0)
-    def setting() -> str | None:
+    def settings() -> dict:
         import os
 
-        return os.environ.get("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+        return {name: os.environ.get(name) for name in names}
 
     with ray_session(cpus=1):
-        assert ray.get(setting.remote()) == "0"
+        seen = ray.get(settings.remote())
+    assert seen == {**{name: "0" for name in names}, "RAY_TRAIN_METRICS_ENABLED": "1"}
