@@ -1,21 +1,31 @@
 """Supervised throughput: trainyard's TorchTrainer path against a plain PyTorch loop, one run.
 
-Same model (the demo's ResNet), same digits split, same batch size and augmentation. The plain
-loop runs in this process with 2 torch threads; trainyard runs `trainyard run` as a user would:
-1 Ray Train worker with 2 CPUs (Ray gives it 2 threads), then 2 workers with 1 CPU each (DDP).
-Samples/s count training steps only (what `perf/samples_per_s` logs), medians over epochs.
-Prints one line:
+Same model (the demo's ResNet), same digits split, same batch size and augmentation; trainyard
+runs `trainyard run` as a user would, 1 worker with 2 CPUs (Ray gives it 2 torch threads), and
+the plain loop uses 2 torch threads. Samples/s count training steps only (what
+`perf/samples_per_s` logs), medians over epochs.
 
-    digits resnet: plain torch 6,900/s | trainyard 1 worker 6,500/s (0.94x plain, median of 3
-    rounds, 0.90-0.97; 2 torch threads) | 2 workers 4,600/s (0.71x 1 worker) | 1-worker run
-    30 s end to end, 19 s to first step
+This VM's speed drifts by 20-60% over tens of seconds (`--drift 60` shows it), more than the
+gap being measured, and runs one after the other compared different minutes of it. So the two
+take turns in 2 s windows: once trainyard's worker trains, trainyard with all of its Ray
+processes is frozen (SIGSTOP) in odd windows and the plain loop in even ones, and only epochs
+that lie inside one window count. Each has the 2 cores to itself in its windows, over the same
+minute. Then a 2-worker run (1 CPU each) against the 1-worker rate. Prints one line:
 
-Run: .venv/bin/python tests/benchmarks/bench_supervised.py [--epochs 16] [--rounds 3]
+    digits resnet, 2 threads each, in turns of 2 s: trainyard 1 worker 3,600/s vs plain torch
+    4,500/s = 0.80x (2 runs: 0.80, 0.82) | 2 workers 2,800/s (0.79x 1 worker, run after) |
+    a 2-worker run 51 s end to end, 33 s to first step
+
+Run: .venv/bin/python tests/benchmarks/bench_supervised.py [--epochs 40] [--runs 2]
+     (BENCH_DEBUG=1 prints each counted epoch: its start within its window, samples/s)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -31,8 +41,9 @@ REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "supervised" / "configs" / "cnn_digits.yaml"
 
 
-def plain_torch(epochs: int) -> float:
-    """Median samples/s of a plain single-process loop over the same model and data."""
+def plain_epochs(threads: int, epochs: int | None = None, until: Path | None = None):
+    """(start, end, samples/s) of each epoch of a plain single-process loop over the same model
+    and data (wall-clock times): `epochs` of them, or until the file `until` exists."""
     from trainyard.loader import load_spec
     from trainyard.supervised.data import load_dataset
     from trainyard.supervised.models import build_model
@@ -40,17 +51,17 @@ def plain_torch(epochs: int) -> float:
 
     spec = load_spec(JOB).spec
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     data = load_dataset(spec.data, 0)
     model = build_model(spec.model, data.info)
     optimizer = torch.optim.AdamW(model.parameters(), lr=spec.train.lr)
     loader = DataLoader(data.train, batch_size=spec.train.batch_size, shuffle=True,
                         drop_last=True)
     rng = torch.Generator().manual_seed(0)
-    rates = []
-    for _ in range(epochs):
+    out = []
+    while (len(out) < epochs) if epochs else not until.exists():
         model.train()
-        start, samples = time.perf_counter(), 0
+        wall, start, samples = time.time(), time.perf_counter(), 0
         for images, labels in loader:
             images = augment_batch(images, spec.data, rng)
             loss = F.cross_entropy(model(images), labels)
@@ -59,55 +70,183 @@ def plain_torch(epochs: int) -> float:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             samples += len(labels)
-        rates.append(samples / (time.perf_counter() - start))
-    return statistics.median(rates[1:])
+        out.append((wall, time.time(), samples / (time.perf_counter() - start)))
+    return out
 
 
-def trainyard_run(epochs: int, workers: int, cpus: int) -> dict[str, float]:
+def plain_torch(epochs: int, threads: int = 2) -> float:
+    """Median samples/s of the plain loop, first epoch left out."""
+    return statistics.median(rate for *_, rate in plain_epochs(threads, epochs)[1:])
+
+
+def trainyard_run(epochs: int, workers: int, cpus: int, beside=None) -> dict:
+    """One `trainyard run` of the job. `beside(proc, stop_file)`, if given, runs in a thread
+    alongside it, told to end when `stop_file` appears; its result comes back as "beside"."""
+    import threading
+
     from mlflow.tracking import MlflowClient
 
     with tempfile.TemporaryDirectory() as tmp:
+        stop, outcome = Path(tmp) / "stop", {}
         start = time.monotonic()
-        subprocess.run([sys.executable, "-m", "trainyard.cli", "run", str(JOB),
-                        "-o", f"stop.epochs={epochs}", "-o", f"resources.workers={workers}",
-                        "-o", f"resources.cpus_per_worker={cpus}", "-o", "output.log_model=false",
-                        "-o", "tracking.experiment=bench"], cwd=tmp, check=True,
-                       capture_output=True)
+        proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "run", str(JOB),
+                                 "-o", f"stop.epochs={epochs}",
+                                 "-o", f"resources.workers={workers}",
+                                 "-o", f"resources.cpus_per_worker={cpus}",
+                                 "-o", "output.log_model=false",
+                                 "-o", "tracking.experiment=bench"],
+                                cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
+        helper = threading.Thread(target=lambda: outcome.update(beside=beside(proc, stop))) \
+            if beside else None
+        if helper:
+            helper.start()
+        _, err = proc.communicate()
+        stop.touch()
+        if helper:
+            helper.join()
+        if proc.returncode:
+            raise RuntimeError(f"trainyard run failed:\n{err[-3000:]}")
         wall = time.monotonic() - start
         client = MlflowClient(f"sqlite:///{tmp}/trainyard-runs/mlflow.db")
         run = client.search_runs([client.get_experiment_by_name("bench").experiment_id])[0]
-        history = client.get_metric_history(run.info.run_id, "perf/samples_per_s")
-        rates = [m.value for m in sorted(history, key=lambda m: m.step)]
-        return {"wall": wall, "rate": statistics.median(rates[1:]),
-                "startup": run.data.metrics["perf/startup_s"],
-                "threads": run.data.tags.get("trainyard.torch_threads", "?")}
+        rates = sorted(client.get_metric_history(run.info.run_id, "perf/samples_per_s"),
+                       key=lambda m: m.step)
+        seconds = {m.step: m.value
+                   for m in client.get_metric_history(run.info.run_id, "perf/epoch_s")}
+        # An epoch trained in the perf/epoch_s seconds before it was logged, less the
+        # validation pass between (a few ms here; 0.2 s of margin).
+        epochs_at = [(m.timestamp / 1000 - seconds[m.step] - 0.2, m.timestamp / 1000, m.value)
+                     for m in rates]
+        return {"wall": wall, "rate": statistics.median(m.value for m in rates[1:]),
+                "epochs": epochs_at[1:], "startup": run.data.metrics["perf/startup_s"],
+                "threads": run.data.tags.get("trainyard.torch_threads", "?"),
+                "beside": outcome.get("beside")}
+
+
+WINDOW_S = 2.0
+
+
+def _trainyard_pids(root: int) -> list[int]:
+    """The trainyard process and its descendants (its embedded Ray: daemons and workers)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(children.get(pid, []))
+    return found
+
+
+def _signal(pids, sig) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def alternating(epochs: int) -> tuple[float, float]:
+    """(trainyard, plain) samples/s, 2 threads each, taking turns in 2 s windows.
+
+    Once trainyard's worker trains, the two runs are frozen (SIGSTOP) in turn: trainyard with
+    all of its Ray processes in odd windows, the plain loop in even ones. Only epochs that
+    lie inside one window count. Both are so measured over the same minute of this drifting
+    VM, each with the 2 cores to itself, as a user would run it.
+    """
+    def take_turns(proc, stop: Path):
+        plain = subprocess.Popen([sys.executable, __file__, "--plain-until", str(stop),
+                                  "--threads", "2"], stdout=subprocess.PIPE, text=True)
+        os.kill(plain.pid, signal.SIGSTOP)
+        while proc.poll() is None and not any(
+                b"RayTrainWorker" in _cmdline(pid) for pid in _trainyard_pids(proc.pid)):
+            time.sleep(0.2)
+        while proc.poll() is None:
+            ours = _trainyard_pids(proc.pid)
+            if int(time.time() // WINDOW_S) % 2:
+                _signal(ours, signal.SIGSTOP)
+                os.kill(plain.pid, signal.SIGCONT)
+            else:
+                os.kill(plain.pid, signal.SIGSTOP)
+                _signal(ours, signal.SIGCONT)
+            time.sleep(WINDOW_S - time.time() % WINDOW_S + 0.001)
+        os.kill(plain.pid, signal.SIGCONT)
+        stop.touch()
+        return json.loads(plain.communicate()[0])
+
+    def inside_one_window(begin: float, end: float) -> bool:
+        return int(begin // WINDOW_S) == int(end // WINDOW_S)
+
+    run = trainyard_run(epochs, workers=1, cpus=2, beside=take_turns)
+    ours = [rate for begin, end, rate in run["epochs"] if inside_one_window(begin, end)]
+    plain = [rate for begin, end, rate in run["beside"][1:] if inside_one_window(begin, end)]
+    if min(len(ours), len(plain)) < 5:
+        raise RuntimeError(f"too few epochs inside one window ({len(ours)} trainyard, "
+                           f"{len(plain)} plain): raise --epochs")
+    if os.environ.get("BENCH_DEBUG"):
+        for name, rows in (("trainyard", run["epochs"]), ("plain", run["beside"][1:])):
+            print(name, [(round(begin % WINDOW_S, 2), round(rate)) for begin, end, rate in rows
+                         if inside_one_window(begin, end)])
+    return statistics.median(ours), statistics.median(plain)
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
+def drift(seconds: float) -> None:
+    """Print the plain loop's samples/s in 2-second windows: how much this machine drifts."""
+    windows = []
+    end = time.time() + seconds
+    stop = Path(tempfile.mkdtemp()) / "stop"
+    proc = subprocess.Popen([sys.executable, __file__, "--plain-until", str(stop),
+                             "--threads", "2"], stdout=subprocess.PIPE, text=True)
+    time.sleep(max(0.0, end - time.time()))
+    stop.touch()
+    rows = json.loads(proc.communicate()[0])
+    t0 = rows[0][1]
+    for i in range(int(seconds // 2)):
+        inside = [rate for _, t, rate in rows if t0 + 2 * i < t <= t0 + 2 * (i + 1)]
+        if inside:
+            windows.append(statistics.mean(inside))
+    print(" ".join(f"{w:,.0f}" for w in windows))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--epochs", type=int, default=16)
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="1-worker runs, each between two plain-loop runs")
+    parser.add_argument("--epochs", type=int, default=40, help="epochs of each 1-worker run")
+    parser.add_argument("--runs", type=int, default=2, help="1-worker runs taking turns")
+    parser.add_argument("--drift", type=float, metavar="SECONDS",
+                        help="only show the plain loop's speed over time, in 2 s windows")
+    parser.add_argument("--plain-until", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    epochs = args.epochs
-    # This VM's speed drifts by 10-20% within a minute: each 1-worker run sits between two
-    # plain-loop runs and is compared with their mean; the ratio printed is the median of the
-    # rounds, with the lowest and highest beside it.
-    plain_runs, ones, ratios = [plain_torch(epochs)], [], []
-    for _ in range(args.rounds):
-        ones.append(trainyard_run(epochs, workers=1, cpus=2))
-        plain_runs.append(plain_torch(epochs))
-        ratios.append(ones[-1]["rate"] / ((plain_runs[-2] + plain_runs[-1]) / 2))
-    plain = statistics.median(plain_runs)
-    one = {"rate": statistics.median(r["rate"] for r in ones), "threads": ones[0]["threads"],
-           "wall": statistics.median(r["wall"] for r in ones),
-           "startup": statistics.median(r["startup"] for r in ones)}
-    two = trainyard_run(epochs, workers=2, cpus=1)
-    print(f"digits resnet: plain torch {plain:,.0f}/s | trainyard 1 worker {one['rate']:,.0f}/s "
-          f"({statistics.median(ratios):.2f}x plain, median of {len(ratios)} rounds, "
-          f"{min(ratios):.2f}-{max(ratios):.2f}; {one['threads']} torch threads) | 2 workers "
-          f"{two['rate']:,.0f}/s ({two['rate'] / one['rate']:.2f}x 1 worker) | 1-worker run "
-          f"{one['wall']:.0f} s end to end, {one['startup']:.0f} s to first step")
+    if args.plain_until:  # the plain loop that takes turns with trainyard (a child of ours)
+        print(json.dumps(plain_epochs(args.threads, until=args.plain_until)))
+        return
+    if args.drift:
+        drift(args.drift)
+        return
+    pairs = [alternating(args.epochs) for _ in range(args.runs)]
+    ratios = [ours / plain for ours, plain in pairs]
+    one = statistics.median(ours for ours, _ in pairs)
+    two = trainyard_run(args.epochs // 2, workers=2, cpus=1)
+    print(f"digits resnet, 2 threads each, in turns of {WINDOW_S:g} s: trainyard 1 worker "
+          f"{one:,.0f}/s vs plain torch {statistics.median(p for _, p in pairs):,.0f}/s = "
+          f"{statistics.median(ratios):.2f}x ({len(ratios)} runs: "
+          f"{', '.join(f'{r:.2f}' for r in ratios)}) | 2 workers {two['rate']:,.0f}/s "
+          f"({two['rate'] / one:.2f}x 1 worker, run after) | a 2-worker run "
+          f"{two['wall']:.0f} s end to end, {two['startup']:.0f} s to first step")
 
 
 if __name__ == "__main__":
