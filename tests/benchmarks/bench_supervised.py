@@ -41,9 +41,9 @@ REPO = Path(__file__).resolve().parents[2]
 JOB = REPO / "supervised" / "configs" / "cnn_digits.yaml"
 
 
-def plain_epochs(threads: int, epochs: int | None = None, until: Path | None = None):
+def plain_epochs(until: Path, threads: int = 2):
     """(start, end, samples/s) of each epoch of a plain single-process loop over the same model
-    and data (wall-clock times): `epochs` of them, or until the file `until` exists."""
+    and data (wall-clock times), until the file `until` exists."""
     from trainyard.loader import load_spec
     from trainyard.supervised.data import load_dataset
     from trainyard.supervised.models import build_model
@@ -59,7 +59,7 @@ def plain_epochs(threads: int, epochs: int | None = None, until: Path | None = N
                         drop_last=True)
     rng = torch.Generator().manual_seed(0)
     out = []
-    while (len(out) < epochs) if epochs else not until.exists():
+    while not until.exists():
         model.train()
         wall, start, samples = time.time(), time.perf_counter(), 0
         for images, labels in loader:
@@ -74,9 +74,11 @@ def plain_epochs(threads: int, epochs: int | None = None, until: Path | None = N
     return out
 
 
-def plain_torch(epochs: int, threads: int = 2) -> float:
-    """Median samples/s of the plain loop, first epoch left out."""
-    return statistics.median(rate for *_, rate in plain_epochs(threads, epochs)[1:])
+def _plain_loop(stop: Path) -> subprocess.Popen:
+    """The plain loop (2 threads) in a child process until `stop` exists; it prints its
+    epochs as JSON when it ends."""
+    return subprocess.Popen([sys.executable, __file__, "--plain-until", str(stop)],
+                            stdout=subprocess.PIPE, text=True)
 
 
 def trainyard_run(epochs: int, workers: int, cpus: int, beside=None) -> dict:
@@ -120,7 +122,6 @@ def trainyard_run(epochs: int, workers: int, cpus: int, beside=None) -> dict:
                      for m in rates]
         return {"wall": wall, "rate": statistics.median(m.value for m in rates[1:]),
                 "epochs": epochs_at[1:], "startup": run.data.metrics["perf/startup_s"],
-                "threads": run.data.tags.get("trainyard.torch_threads", "?"),
                 "beside": outcome.get("beside")}
 
 
@@ -162,8 +163,7 @@ def alternating(epochs: int) -> tuple[float, float]:
     VM, each with the 2 cores to itself, as a user would run it.
     """
     def take_turns(proc, stop: Path):
-        plain = subprocess.Popen([sys.executable, __file__, "--plain-until", str(stop),
-                                  "--threads", "2"], stdout=subprocess.PIPE, text=True)
+        plain = _plain_loop(stop)
         os.kill(plain.pid, signal.SIGSTOP)
         while proc.poll() is None and not any(
                 b"RayTrainWorker" in _cmdline(pid) for pid in _trainyard_pids(proc.pid)):
@@ -185,15 +185,16 @@ def alternating(epochs: int) -> tuple[float, float]:
         return int(begin // WINDOW_S) == int(end // WINDOW_S)
 
     run = trainyard_run(epochs, workers=1, cpus=2, beside=take_turns)
-    ours = [rate for begin, end, rate in run["epochs"] if inside_one_window(begin, end)]
-    plain = [rate for begin, end, rate in run["beside"][1:] if inside_one_window(begin, end)]
-    if min(len(ours), len(plain)) < 5:
-        raise RuntimeError(f"too few epochs inside one window ({len(ours)} trainyard, "
-                           f"{len(plain)} plain): raise --epochs")
+    counted = {name: [(begin, rate) for begin, end, rate in rows
+                      if inside_one_window(begin, end)]
+               for name, rows in (("trainyard", run["epochs"]), ("plain", run["beside"][1:]))}
     if os.environ.get("BENCH_DEBUG"):
-        for name, rows in (("trainyard", run["epochs"]), ("plain", run["beside"][1:])):
-            print(name, [(round(begin % WINDOW_S, 2), round(rate)) for begin, end, rate in rows
-                         if inside_one_window(begin, end)])
+        for name, rows in counted.items():
+            print(name, [(round(begin % WINDOW_S, 2), round(rate)) for begin, rate in rows])
+    if min(len(rows) for rows in counted.values()) < 5:
+        raise RuntimeError(f"too few epochs inside one window ({len(counted['trainyard'])} "
+                           f"trainyard, {len(counted['plain'])} plain): raise --epochs")
+    ours, plain = ([rate for _, rate in counted[name]] for name in ("trainyard", "plain"))
     return statistics.median(ours), statistics.median(plain)
 
 
@@ -209,8 +210,7 @@ def drift(seconds: float) -> None:
     windows = []
     end = time.time() + seconds
     stop = Path(tempfile.mkdtemp()) / "stop"
-    proc = subprocess.Popen([sys.executable, __file__, "--plain-until", str(stop),
-                             "--threads", "2"], stdout=subprocess.PIPE, text=True)
+    proc = _plain_loop(stop)
     time.sleep(max(0.0, end - time.time()))
     stop.touch()
     rows = json.loads(proc.communicate()[0])
@@ -229,10 +229,9 @@ def main() -> None:
     parser.add_argument("--drift", type=float, metavar="SECONDS",
                         help="only show the plain loop's speed over time, in 2 s windows")
     parser.add_argument("--plain-until", type=Path, help=argparse.SUPPRESS)
-    parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.plain_until:  # the plain loop that takes turns with trainyard (a child of ours)
-        print(json.dumps(plain_epochs(args.threads, until=args.plain_until)))
+        print(json.dumps(plain_epochs(args.plain_until)))
         return
     if args.drift:
         drift(args.drift)
