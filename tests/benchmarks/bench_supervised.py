@@ -235,13 +235,21 @@ def drift(seconds: float) -> None:
     print(" ".join(f"{w:,.0f}" for w in windows))
 
 
+def _thread_counts(text: str) -> list[int]:
+    counts = [int(t) for t in text.split(",") if t.strip().isdigit()]
+    if not counts or len(counts) != len(text.split(",")) or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive thread counts such as 1,2")
+    return counts
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=40, help="epochs of each 1-worker run")
     parser.add_argument("--runs", type=int, default=2,
                         help="1-worker runs taking turns, for each thread count")
-    parser.add_argument("--threads", default="1,2",
-                        help="torch threads of each side (1: a core to spare, 2: both cores)")
+    parser.add_argument("--threads", type=_thread_counts, default="1,2",
+                        help="torch threads of each side, comma-separated (1: a core to spare, "
+                             "2: both cores)")
     parser.add_argument("--drift", type=float, metavar="SECONDS",
                         help="only show the plain loop's speed over time, in 2 s windows")
     parser.add_argument("--plain-until", type=Path, help=argparse.SUPPRESS)
@@ -254,7 +262,7 @@ def main() -> None:
         drift(args.drift)
         return
     parts, one = [], {}
-    for threads in (int(t) for t in args.threads.split(",")):
+    for threads in args.threads:
         pairs = [alternating(args.epochs, threads) for _ in range(args.runs)]
         ratios = [ours / plain for ours, plain in pairs]
         one[threads] = statistics.median(ours for ours, _ in pairs)
