@@ -34,6 +34,7 @@ from ray.rllib.algorithms.dqn.dqn_learner import (
     QF_TARGET_NEXT_PREDS,
     TD_ERROR_MEAN_KEY,
 )
+from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, TD_ERROR_KEY
@@ -52,7 +53,20 @@ class LeanDoubleQ:
     gradients (tests/agents/test_atari.py), ~20-25% less work per update on the Nature CNN
     (batch 32, CPU). Distributional and stateful modules keep RLlib's pass."""
 
+    #: set by the learner (`DQNLearner.build`) when `agent.precision` resolves to bf16
+    trainyard_bf16 = False
+
     def _forward_train(self, batch):
+        if not self.trainyard_bf16:
+            return self._lean_forward_train(batch)
+        device = next(self.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16):
+            output = self._lean_forward_train(batch)
+        # the loss and TD targets are computed in fp32 from here
+        return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
+                for k, v in output.items()}
+
+    def _lean_forward_train(self, batch):
         if not self.uses_double_q or self.num_atoms > 1 or Columns.STATE_IN in batch:
             return super()._forward_train(batch)
         output = {QF_PREDS: self.compute_q_values({Columns.OBS: batch[Columns.OBS]})[QF_PREDS]}
@@ -64,7 +78,48 @@ class LeanDoubleQ:
         return output
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether the hardware computes bf16 natively: Ampere or newer GPUs; CPUs with
+    AVX512-BF16 or AMX (elsewhere bf16 is emulated, and slower than fp32)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type != "cpu":
+        return False
+    try:
+        with open("/proc/cpuinfo") as info:
+            flags = next((line for line in info if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(requested: str, device: torch.device, conv: bool) -> str:
+    """`agent.precision` -> "bf16" or "fp32" (auto: bf16 for conv networks on native bf16)."""
+    if requested == "auto":
+        return "bf16" if conv and native_bf16(device) else "fp32"
+    return requested
+
+
 class DQNLearner(DQNTorchLearner):
+    def build(self) -> None:
+        """RLlib's build, then the kernel settings of `agent.precision`, `channels_last` and
+        `compile` on each conv Q-network this learner trains (see README "DQN speed")."""
+        super().build()
+        settings = self.config.learner_config_dict
+        self.precision = "fp32"
+        for module_id in self.module.keys():
+            module = self.module[module_id].unwrapped()
+            conv = any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+            device = next(module.parameters()).device
+            precision = resolve_precision(settings.get("precision", "fp32"), device, conv)
+            if isinstance(module, LeanDoubleQ) and precision == "bf16":
+                module.trainyard_bf16 = True
+                self.precision = "bf16"
+            if conv and settings.get("channels_last"):
+                module.to(memory_format=torch.channels_last)  # same Parameter objects
+            if settings.get("compile"):
+                compile_networks(module)
+
     def configure_optimizers_for_module(self, module_id, config=None) -> None:
         settings = config.learner_config_dict
         params = self.get_parameters(self._module[module_id])
@@ -139,3 +194,20 @@ class DQNLearner(DQNTorchLearner):
             if not self.should_module_be_updated(module_id):  # frozen: "just synced"
                 self.last_update_ts_by_mid[module_id] = now
         super().after_gradient_based_update(timesteps=timesteps)
+
+
+def compile_networks(module: torch.nn.Module) -> None:
+    """`torch.compile` each network of a Q-module in place (`nn.Module.compile`: the state
+    dict keeps its plain names, no `_orig_mod.`), so checkpoints, eval and play are unchanged.
+    A compiler that cannot run here falls back to eager at the first call, with a warning."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True  # fall back to eager, do not fail the run
+    for child in module.children():
+        if any(True for _ in child.parameters()):
+            child.compile(dynamic=False)
+
+
+class ConvQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
+    """RLlib's default DQN module (MinAtar's conv Q-network) with the lean double-Q forward
+    and the learner's precision setting."""

@@ -79,7 +79,7 @@ def build_config(spec: "RLJob", seed: int):
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    from trainyard.agents.envs import is_atari
+    from trainyard.agents.envs import is_atari, is_minatar
     from trainyard.agents.learner import DQNLearner
 
     agent, res, faults = spec.agent, spec.resources, spec.fault_tolerance
@@ -111,13 +111,25 @@ def build_config(spec: "RLJob", seed: int):
                   learner_config_dict={"optimizer": agent.optimizer,
                                        "optimizer_eps": agent.optimizer_eps,
                                        "rmsprop_decay": agent.rmsprop_decay,
-                                       "value_bound": agent.value_bound})
+                                       "value_bound": agent.value_bound,
+                                       "precision": agent.precision,
+                                       "channels_last": agent.channels_last,
+                                       "compile": agent.compile})
         .framework(torch_skip_nan_gradients=True)  # DQNLearner checks them, once
         .rl_module(model_config=_model_config(agent, DefaultModelConfig))
         .debugging(seed=seed)
     )
     if is_atari(agent.env):
         _atari(config, agent)
+        if uses_lean_step(spec):
+            _lean(config, spec)
+    elif is_minatar(agent.env):  # RLlib's Q-network, with the learner's kernel settings
+        from ray.rllib.core.rl_module.rl_module import RLModuleSpec
+
+        from trainyard.agents.learner import ConvQModule
+
+        config.rl_module(rl_module_spec=RLModuleSpec(
+            module_class=ConvQModule, model_config=_model_config(agent, DefaultModelConfig)))
     from trainyard.agents.doom import is_doom
 
     if agent.recurrent is not None:
@@ -177,6 +189,28 @@ def _atari(config, agent) -> None:
         "trainyard.agents.atari.FrameStackPrioritizedEpisodeReplayBuffer", num_frames=k))
     config.rl_module(rl_module_spec=RLModuleSpec(
         module_class=AtariQModule, model_config=_model_config(agent, DefaultModelConfig)))
+
+
+def uses_lean_step(spec: "RLJob") -> bool:
+    """The lean DQN step (trainyard.agents.lean_dqn) runs feed-forward Atari DQN with uniform
+    replay and the learner in the driver; anything else takes RLlib's own step."""
+    from trainyard.agents.envs import is_atari
+
+    agent = spec.agent
+    return (is_atari(agent.env) and agent.lean_step and agent.recurrent is None
+            and not agent.prioritized_replay and spec.resources.learners == 0)
+
+
+def _lean(config, spec: "RLJob") -> None:
+    from trainyard.agents.lean_dqn import LeanDQN
+
+    agent, res = spec.agent, spec.resources
+    config.algo_class = LeanDQN
+    config.learner_config_dict.update(
+        sync_every=agent.sync_every,
+        lean_replay={"capacity": agent.replay_capacity, "num_frames": agent.atari.frame_stack,
+                     "n_step": agent.n_step, "gamma": agent.gamma,
+                     "lanes": res.envs_per_env_runner * max(res.env_runners, 1)})
 
 
 def _recurrent(config, agent) -> None:
@@ -296,6 +330,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     _quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))  # for remote env runners too
     algo = build_config(spec, ctx.seed).build_algo()
+    _tag_kernels(algo, spec, ctx)
     league = _league(spec, ctx.seed)
     progress = (_restore(algo, ctx, root, league)
                 or {"iteration": 0, "env_steps": 0, "seconds": 0.0})
@@ -355,6 +390,20 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
         if faults is not None and faults.watchdog is not None:
             faults.watchdog.stop()
         algo.stop()
+
+
+def _tag_kernels(algo, spec: "RLJob", ctx: "RunContext") -> None:
+    """What the run computes with, as tags: the precision `agent.precision` resolved to on the
+    learner's hardware, and which DQN training step runs (trainyard's lean one or RLlib's)."""
+    from trainyard.agents import rllib_private
+
+    try:
+        precision = getattr(rllib_private.local_learner(algo), "precision", "fp32")
+    except RuntimeError:  # remote learners decide on their own machines
+        precision = f"{spec.agent.precision} (on the remote learners)"
+    tracking.set_tags(ctx.run, {f"{tracking.TAG}precision": precision,
+                                f"{tracking.TAG}dqn_step": "lean" if uses_lean_step(spec)
+                                else "rllib"})
 
 
 def _league(spec: "RLJob", seed: int):
@@ -439,7 +488,9 @@ class _HangWatchdog:
 
         # The runners' actor handles (RLlib 2.60 keeps them in its actor manager); a restarted
         # actor keeps its handle.
-        self.handles = list(algo.env_runner_group._worker_manager.actors().values())
+        from trainyard.agents import rllib_private
+
+        self.handles = rllib_private.env_runner_actors(algo)
         self.timeout_s = timeout_s
         self.killed = 0
         self.stopped = threading.Event()

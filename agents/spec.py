@@ -143,6 +143,21 @@ class DQNAgent(Section):
     training_intensity: float | None = Field(
         None, gt=0, description="replayed / sampled transitions ratio (None: RLlib default; "
         "the Nature recipe's one batch of 32 per 4 env steps is 8)")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "fp32", description="arithmetic of conv Q-networks' learner passes: fp32; bf16 "
+        "autocast (TD targets, loss and optimizer state stay fp32); or auto: bf16 where the "
+        "learner's hardware computes it natively (AVX512-BF16/AMX CPUs, Ampere+ GPUs), fp32 "
+        "elsewhere and for MLP Q-networks. The decision is the run's trainyard.precision tag")
+    channels_last: bool = Field(True, description="conv Q-network weights in channels-last "
+                                "memory order (the frames arrive that way)")
+    compile: bool = Field(False, description="torch.compile the Q-network's modules on the "
+                          "learner (compile time is paid at the first updates; a failure "
+                          "falls back to eager with a warning)")
+    lean_step: bool = Field(True, description="Atari with uniform replay: trainyard's "
+                            "training step (uint8 frame replay straight into tensors, one "
+                            "update at a time) instead of RLlib's episode-based one; same math")
+    sync_every: int = Field(1, ge=1, description="lean step: updates between copies of the "
+                            "learner's weights to the acting module (1: act with the newest)")
     atari: AtariSettings = Field(default_factory=AtariSettings,
                                  description="frame preprocessing of ALE/ games")
     recurrent: Recurrent | None = Field(None, description="an LSTM Q-network trained on "

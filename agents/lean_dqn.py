@@ -1,0 +1,187 @@
+"""DQN's loss in one function, and the lean training step that feeds it (Atari).
+
+`dqn_loss` is the whole of DQN's learning rule, top to bottom, as a single-file DQN writes
+it. `LeanDQN` is RLlib's DQN algorithm with its own `training_step`: the env runner samples
+as before (RLlib's episodes, connectors and exploration), the frames go into a preallocated
+uint8 replay (`trainyard.agents.frame_replay`), and each update goes replay -> tensors ->
+`dqn_loss` -> the learner's gradient step, without RLlib's per-update episode-to-batch learner
+connectors and metrics (`Learner.update`). The gradient step itself is still the learner's
+(`compute_gradients`, gradient clipping by global norm, the optimizer, the target-network
+sync by env steps), so the math is RLlib's DQN: tests/agents/test_lean_dqn.py checks loss
+and gradients against RLlib's own learner on one batch.
+
+Updates are granted per sampled env step (`training_intensity` transitions replayed per
+step sampled), and the acting module gets the learner's weights every `sync_every` updates
+(1: acting always uses the latest weights, as in a single-file loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+from ray.rllib.algorithms.dqn.dqn import DQN
+from ray.rllib.algorithms.dqn.dqn_learner import (
+    QF_LOSS_KEY,
+    QF_MEAN_KEY,
+    QF_PREDS,
+    TD_ERROR_MEAN_KEY,
+)
+from ray.rllib.core import DEFAULT_MODULE_ID
+from ray.rllib.core.columns import Columns
+from ray.rllib.execution.rollout_ops import synchronous_parallel_sample
+from ray.rllib.utils.metrics import (
+    ENV_RUNNER_RESULTS,
+    ENV_RUNNER_SAMPLING_TIMER,
+    LEARNER_RESULTS,
+    LEARNER_UPDATE_TIMER,
+    NUM_ENV_STEPS_SAMPLED_LIFETIME,
+    REPLAY_BUFFER_ADD_DATA_TIMER,
+    REPLAY_BUFFER_SAMPLE_TIMER,
+    TIMERS,
+)
+
+from trainyard.agents import rllib_private
+
+
+def dqn_loss(q: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.Tensor | None,
+             actions: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor,
+             value_bound: float | None = None):
+    """DQN's loss on a batch of B transitions.
+
+    q              [B, A] online Q-values of the observations (with autograd)
+    next_q_target  [B, A] target network's Q-values of the n-th next observations
+    next_q_online  [B, A] online Q-values of those (double Q picks the action with them),
+                   or None: plain Q-learning takes the target network's own max
+    rewards        [B] n-step discounted rewards; discounts [B]: gamma^n, 0 after a terminal
+
+    Returns the loss (Huber, mean over the batch), |TD error| per transition and Q(s, a).
+    """
+    chosen = q.gather(1, actions[:, None]).squeeze(1)
+    with torch.no_grad():
+        if value_bound:
+            next_q_target = next_q_target.clamp(-value_bound, value_bound)
+        picker = next_q_target if next_q_online is None else next_q_online
+        best = picker.argmax(1, keepdim=True)
+        target = rewards + discounts * next_q_target.gather(1, best).squeeze(1)
+    loss = F.huber_loss(chosen, target)
+    return loss, (chosen - target).abs().detach(), chosen.detach()
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast for the network's forward passes (where `agent.precision` resolved to
+    bf16); the loss, TD targets and optimizer state stay fp32."""
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16)
+
+
+class LeanUpdate:
+    """One gradient update of the learner's Q-module from a replayed batch of tensors."""
+
+    def __init__(self, learner, config, module_id=DEFAULT_MODULE_ID):
+        self.learner, self.config, self.module_id = learner, config, module_id
+        self.module = learner.module[module_id].unwrapped()
+        settings = config.learner_config_dict
+        self.bf16 = settings.get("precision") == "bf16"
+        self.value_bound = settings.get("value_bound")
+        self.device = next(self.module.parameters()).device
+
+    def losses(self, batch: dict[str, torch.Tensor]):
+        """Forward passes and `dqn_loss`, no gradient step (tests compare this to RLlib)."""
+        module = self.module
+        with autocast(self.device, self.bf16):
+            q = module.compute_q_values({Columns.OBS: batch["obs"]})[QF_PREDS]
+            with torch.no_grad():
+                next_obs = {Columns.OBS: batch["next_obs"]}
+                next_target = module.forward_target(next_obs)[QF_PREDS]
+                next_online = (module.compute_q_values(next_obs)[QF_PREDS]
+                               if self.config.double_q else None)
+        return dqn_loss(q.float(), next_target.float(),
+                        None if next_online is None else next_online.float(),
+                        batch["actions"], batch["rewards"], batch["discounts"],
+                        self.value_bound)
+
+    def __call__(self, batch: dict[str, torch.Tensor], env_steps: int):
+        if self.device.type != "cpu":
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        loss, td, chosen = self.losses(batch)
+        learner = self.learner
+        gradients = learner.compute_gradients({self.module_id: loss})
+        learner.apply_gradients(learner.postprocess_gradients(gradients))
+        learner.after_gradient_based_update(
+            timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: env_steps})  # target net, by env steps
+        return loss.detach(), td, chosen
+
+
+class LeanDQN(DQN):
+    """RLlib's DQN with trainyard's lean training step (see the module's docstring).
+
+    Reads from `config.learner_config_dict`: `lean_replay` (FrameReplay's arguments),
+    `sync_every` (updates between weight copies to the acting module)."""
+
+    def setup(self, config) -> None:
+        super().setup(config)
+        from trainyard.agents.frame_replay import FrameReplay
+
+        settings = config.learner_config_dict
+        self.local_replay_buffer = FrameReplay(**settings["lean_replay"], seed=config.seed)
+        self._sync_every = int(settings.get("sync_every", 1))
+        runners = max(config.num_env_runners, 0)
+        fragment = config.get_rollout_fragment_length() * config.num_envs_per_env_runner
+        intensity = config.training_intensity or (  # RLlib's default: one batch per sample
+            config.total_train_batch_size / (fragment * max(runners, 1)))
+        self._updates_per_step = intensity / config.total_train_batch_size
+        self._owed = 0.0
+        self._updates = self._unsynced = 0
+        self._lean: LeanUpdate | None = None
+        self._weights: rllib_private.WeightCopier | None = None
+
+    def training_step(self) -> None:
+        config = self.config
+        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+            episodes, results = synchronous_parallel_sample(
+                worker_set=self.env_runner_group, concat=True,
+                sample_timeout_s=config.sample_timeout_s, _uses_new_env_runners=True,
+                _return_metrics=True)
+        self.metrics.aggregate(results, key=ENV_RUNNER_RESULTS)
+        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+            self.local_replay_buffer.add(episodes)
+        lifetime = self.metrics.peek((ENV_RUNNER_RESULTS, NUM_ENV_STEPS_SAMPLED_LIFETIME),
+                                     default=0)
+        if lifetime < config.num_steps_sampled_before_learning_starts:
+            return
+        self._owed += sum(len(e) for e in episodes) * self._updates_per_step
+        if self._lean is None:
+            self._lean = LeanUpdate(rllib_private.local_learner(self), config)
+        last = None
+        while self._owed >= 1.0:
+            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
+                batch = self.local_replay_buffer.sample(config.total_train_batch_size)
+            with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
+                last = self._lean(batch, lifetime)
+            self._owed -= 1.0
+            self._updates += 1
+            self._unsynced += 1
+            if self._unsynced >= self._sync_every:
+                self._sync_weights()
+        if last is not None:  # the iteration's last update, read once (one device sync)
+            loss, td, chosen = last
+            for key, value in ((QF_LOSS_KEY, loss.item()), (QF_MEAN_KEY, chosen.mean().item()),
+                               (TD_ERROR_MEAN_KEY, td.mean().item())):
+                self.metrics.log_value((LEARNER_RESULTS, DEFAULT_MODULE_ID, key), value,
+                                       window=1)
+            self.metrics.log_value((LEARNER_RESULTS, DEFAULT_MODULE_ID, "num_updates"),
+                                   self._updates, window=1)
+
+    def _sync_weights(self) -> None:
+        self._unsynced = 0
+        if self.config.num_env_runners == 0:  # the acting module is in this process: copy
+            if self._weights is None:
+                self._weights = rllib_private.WeightCopier(self._lean.module,
+                                                           self.env_runner.module)
+            self._weights.copy()
+        else:
+            self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
+                                               inference_only=True)

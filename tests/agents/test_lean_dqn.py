@@ -1,0 +1,166 @@
+"""The lean DQN step: its frame replay stacks and sums what RLlib's episodes hold, its loss and
+gradients are RLlib's learner's on the same batch, and the private RLlib attributes it needs
+are where it expects them."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from trainyard.agents.atari import stack_indices
+from trainyard.agents.frame_replay import FrameReplay
+from trainyard.agents.lean_dqn import LeanUpdate, dqn_loss
+
+SPACE = gym.spaces.Box(0, 255, (84, 84), np.uint8)
+
+
+def _chunks(episode_id: str, code: int, length: int, cuts: list[int], *,
+            terminated: bool = False, truncated: bool = False):
+    """An episode of `length` steps played as chunks ending at `cuts`, the way an env runner
+    returns them; frame t holds code * 32 + t (decodable), reward of step t is t + 1."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    frames = [np.full((84, 84), code * 32 + t, np.uint8) for t in range(length + 1)]
+    out, start = [], 0
+    for end in [*cuts, length]:
+        last = end == length
+        out.append(SingleAgentEpisode(
+            id_=episode_id, observations=frames[start:end + 1],
+            actions=list(range(start, end)), rewards=[float(t + 1) for t in range(start, end)],
+            observation_space=SPACE, action_space=gym.spaces.Discrete(6), t_started=start,
+            terminated=last and terminated, truncated=last and truncated,
+            len_lookback_buffer=0))
+        start = end
+    return out
+
+
+def test_frame_replay_stacks_frames_and_sums_n_step_returns_like_the_episodes():
+    gamma, n = 0.5, 3
+    replay = FrameReplay(1000, lanes=2, num_frames=4, n_step=n, gamma=gamma, seed=0)
+    a = _chunks("a", 1, 12, [5, 9], terminated=True)
+    b = _chunks("b", 2, 7, [3], truncated=True)
+    c = _chunks("c", 3, 9, [4])  # still running: its last n steps cannot be sampled yet
+    # as a runner with two games returns them: a and b side by side, then c in b's place
+    for chunk in ([a[0], b[0]], [a[1], b[1]], [a[2], c[0]], [c[1]]):
+        replay.add(chunk)
+    lengths, ends = {1: 12, 2: 7, 3: 9}, {1: "terminated", 2: "truncated", 3: None}
+    seen = set()
+    batch = replay.sample(512)
+    for i in range(512):
+        obs, nxt = batch["obs"][i].numpy(), batch["next_obs"][i].numpy()
+        assert obs.shape == (84, 84, 4)
+        code, t = divmod(int(obs[0, 0, -1]), 32)
+        seen.add((code, t))
+        steps = min(n, lengths[code] - t)
+        assert code != 3 or t + n <= 9  # c's newest steps wait for their n-step return
+        assert list(obs[0, 0] - code * 32) == stack_indices(t, 4)
+        assert list(nxt[0, 0] - code * 32) == stack_indices(t + steps, 4)
+        assert int(batch["actions"][i]) == t
+        assert int(batch["n_step"][i]) == steps
+        assert batch["rewards"][i] == pytest.approx(
+            sum(gamma ** d * (t + d + 1) for d in range(steps)))
+        ended = t + steps == lengths[code]
+        expected = 0.0 if ended and ends[code] == "terminated" else gamma ** steps
+        assert batch["discounts"][i] == pytest.approx(expected)
+    # every complete transition is drawn, and none from an episode's last frame
+    assert seen == ({(1, t) for t in range(12)} | {(2, t) for t in range(7)}
+                    | {(3, t) for t in range(9 - n + 1)})
+
+
+def test_frame_replay_forgets_the_oldest_frames_when_full():
+    replay = FrameReplay(40, lanes=1, num_frames=4, n_step=1, gamma=0.9, seed=0)
+    for k in range(5):  # 5 games of 15 steps, 80 frames into a ring of 40
+        replay.add(_chunks(f"g{k}", k, 15, [], terminated=True))
+    batch = replay.sample(256)
+    codes = {int(v) // 32 for v in batch["obs"][:, 0, 0, -1]}
+    assert codes <= {2, 3, 4} and 4 in codes
+    for obs in batch["obs"]:  # no stack reaches into overwritten frames
+        assert len({int(v) // 32 for v in obs[0, 0]}) == 1
+
+
+def test_dqn_loss_is_the_huber_loss_to_the_bootstrapped_target():
+    q = torch.tensor([[1.0, 2.0], [0.5, -1.0]], requires_grad=True)
+    target_next = torch.tensor([[3.0, 1.0], [2.0, 4.0]])
+    online_next = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    actions, rewards = torch.tensor([1, 0]), torch.tensor([1.0, -1.0])
+    discounts = torch.tensor([0.5, 0.0])  # the second transition ended in a terminal
+    loss, td, chosen = dqn_loss(q, target_next, None, actions, rewards, discounts)
+    # plain: max of the target net; y = (1 + 0.5 * 3, -1); q(s, a) = (2, 0.5)
+    assert chosen.tolist() == [2.0, 0.5]
+    assert td.tolist() == pytest.approx([0.5, 1.5])
+    assert loss.item() == pytest.approx((0.5 * 0.5 ** 2 + (1.5 - 0.5)) / 2)
+    _, td_double, _ = dqn_loss(q, target_next, online_next, actions, rewards, discounts)
+    assert td_double.tolist() == pytest.approx([abs(2 - (1 + 0.5 * 1.0)), 1.5])
+
+
+@pytest.mark.parametrize("double_q,dueling", [(True, True), (False, False)])
+def test_lean_update_gives_rllibs_dqn_loss_and_gradients(double_q, dueling):
+    """One fixed batch: the lean step's loss and gradients against RLlib's own DQN learner
+    (`compute_loss_for_module` on the module's training forward), fp32."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.core.columns import Columns
+
+    from trainyard.agents.runner import build_config
+    from trainyard.agents.spec import RLJob
+
+    spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
+        "env": "ALE/Pong-v5", "hidden": [32], "conv_filters": [[8, 8, 4], [8, 4, 2]],
+        "double_q": double_q, "dueling": dueling, "n_step": 3, "precision": "fp32"}})
+    config = build_config(spec, 0)
+    torch.manual_seed(0)
+    learner = config.build_learner(spaces={DEFAULT_MODULE_ID: (
+        gym.spaces.Box(0, 255, (84, 84, 4), np.uint8), gym.spaces.Discrete(6))})
+    module = learner.module[DEFAULT_MODULE_ID].unwrapped()
+    with torch.no_grad():  # a target net that differs from the online one
+        for _, target in module.get_target_network_pairs():
+            for p in target.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    frames = torch.randint(0, 256, (2, 32, 84, 84, 4), dtype=torch.uint8)
+    n_step = torch.randint(1, 4, (32,))
+    terminated = torch.rand(32) < 0.3
+    actions, rewards = torch.randint(0, 6, (32,)), torch.randn(32)
+    ours = {"obs": frames[0], "next_obs": frames[1], "actions": actions, "rewards": rewards,
+            "discounts": torch.where(terminated, 0.0, config.gamma ** n_step.float())}
+    theirs = {Columns.OBS: frames[0], Columns.NEXT_OBS: frames[1], Columns.ACTIONS: actions,
+              Columns.REWARDS: rewards, Columns.TERMINATEDS: terminated, "n_step": n_step,
+              "weights": torch.ones(32)}
+
+    def grads(loss):
+        module.zero_grad()
+        loss.backward()
+        return {name: p.grad.clone() for name, p in module.named_parameters()
+                if p.grad is not None}
+
+    lean_loss = LeanUpdate(learner, config).losses(ours)[0]
+    lean_grads = grads(lean_loss)
+    rllib_loss = learner.compute_loss_for_module(
+        module_id=DEFAULT_MODULE_ID, config=config, batch=theirs,
+        fwd_out=module.forward_train(theirs))
+    rllib_grads = grads(rllib_loss)
+    assert lean_loss.item() == pytest.approx(rllib_loss.item(), rel=1e-5)
+    assert lean_grads.keys() == rllib_grads.keys() and len(lean_grads) >= 4
+    for name, grad in lean_grads.items():
+        assert torch.allclose(grad, rllib_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_private_rllib_attributes_are_where_trainyard_reads_them():
+    """Fails loudly, naming the attribute, when a Ray upgrade moves one (see
+    trainyard.agents.rllib_private)."""
+    from ray.rllib.core.learner.learner_group import LearnerGroup
+    from ray.rllib.env.env_runner_group import EnvRunnerGroup
+
+    from trainyard.agents import rllib_private
+
+    assert "_learner" in LearnerGroup.__init__.__code__.co_names, "LearnerGroup._learner"
+    assert "_worker_manager" in EnvRunnerGroup.__init__.__code__.co_names or hasattr(
+        EnvRunnerGroup, "_worker_manager"), "EnvRunnerGroup._worker_manager"
+    remote = SimpleNamespace(learner_group=SimpleNamespace(_learner=None))
+    with pytest.raises(RuntimeError, match="learners: 0"):
+        rllib_private.local_learner(remote)
+    source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    rllib_private.WeightCopier(source, target).copy()
+    assert torch.equal(source.weight, target.weight) and torch.equal(source.bias, target.bias)
