@@ -121,8 +121,6 @@ def build_config(spec: "RLJob", seed: int):
     )
     if is_atari(agent.env):
         _atari(config, agent)
-        if uses_lean_step(spec):
-            _lean(config, spec)
     elif is_minatar(agent.env):  # RLlib's Q-network, with the learner's kernel settings
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
@@ -148,6 +146,8 @@ def build_config(spec: "RLJob", seed: int):
                   replay_config(agent, "trainyard.agents.selfplay.MainOnlyEpisodeReplayBuffer",
                                 "trainyard.agents.selfplay."
                                 "MainOnlyPrioritizedEpisodeReplayBuffer"))
+    if uses_lean_step(spec):
+        _lean(config, spec)
     return config
 
 
@@ -192,23 +192,30 @@ def _atari(config, agent) -> None:
 
 
 def uses_lean_step(spec: "RLJob") -> bool:
-    """The lean DQN step (trainyard.agents.lean_dqn) runs feed-forward Atari DQN with uniform
-    replay and the learner in the driver; anything else takes RLlib's own step."""
-    from trainyard.agents.envs import is_atari
+    """The lean DQN step (trainyard.agents.lean_dqn) runs feed-forward single-agent DQN with
+    uniform replay and the learner in the driver (Atari, MinAtar, classic control); the rest
+    (prioritized or sequence replay, self-play leagues, Doom's screen connectors, remote
+    learners) takes RLlib's own step."""
+    from trainyard.agents.doom import is_doom
 
     agent = spec.agent
-    return (is_atari(agent.env) and agent.lean_step and agent.recurrent is None
-            and not agent.prioritized_replay and spec.resources.learners == 0)
+    return (agent.lean_step and agent.recurrent is None and not agent.prioritized_replay
+            and spec.selfplay is None and not is_doom(agent.env)
+            and spec.resources.learners == 0)
 
 
 def _lean(config, spec: "RLJob") -> None:
+    from trainyard.agents.envs import is_atari
     from trainyard.agents.lean_dqn import LeanDQN
 
     agent, res = spec.agent, spec.resources
     config.algo_class = LeanDQN
     config.learner_config_dict.update(
         sync_every=agent.sync_every,
-        lean_replay={"capacity": agent.replay_capacity, "num_frames": agent.atari.frame_stack,
+        lean_replay={"capacity": agent.replay_capacity,
+                     # Atari's episodes hold single frames (stacked by a connector for
+                     # acting); other envs' hold what the Q-network takes
+                     "num_frames": agent.atari.frame_stack if is_atari(agent.env) else 1,
                      "n_step": agent.n_step, "gamma": agent.gamma,
                      "lanes": res.envs_per_env_runner * max(res.env_runners, 1)})
 
@@ -298,7 +305,7 @@ def _restore(algo, ctx: "RunContext", root: Path, league=None) -> dict | None:
     if found is None:
         return None
     folder, progress = found
-    _refuse_pickles(Path(folder))
+    checkpoints.vet_rllib_checkpoint(folder)  # before anything of it is decoded
     if league is not None:  # the snapshot modules must exist before their weights load
         league.load_json(json.loads((Path(folder) / LEAGUE_FILE).read_text()))
         league.restore_modules(algo)
@@ -306,18 +313,6 @@ def _restore(algo, ctx: "RunContext", root: Path, league=None) -> dict | None:
     if league is not None:
         league.restored(algo)
     return progress
-
-
-def _refuse_pickles(folder: Path) -> None:
-    """RLlib reads a component's state from `state.msgpack` when there is one, else unpickles
-    `state.pkl` (which can run code). Our checkpoints only hold msgpack state: refuse any
-    other. (`class_and_ctor_args.pkl` is read only by `Algorithm.from_checkpoint`, never by
-    `restore_from_path`.)"""
-    pickles = [p for p in folder.rglob("*.pkl") if p.name != "class_and_ctor_args.pkl"]
-    if pickles:
-        raise checkpoints.CheckpointError(
-            f"checkpoint {folder} holds pickled state ({pickles[0].relative_to(folder)}), "
-            "which could run code when loaded; trainyard writes msgpack state and refuses it")
 
 
 def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
@@ -547,13 +542,13 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
     from trainyard.agents.evaluate import play, write_gif
 
     folder, progress = _latest_checkpoint(storage)
+    checkpoints.vet_rllib_checkpoint(folder)  # before anything of it is decoded
     _quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))
     local = spec.model_copy(update={"resources": spec.resources.model_copy(
         update={"env_runners": 0, "learners": 0})})  # playing needs no remote actors
     algo = build_config(local, seed).build_algo()
     try:
-        _refuse_pickles(folder)
         algo.restore_from_path(str(folder))
         result = play(algo.get_module(), spec.agent, episodes, epsilon,
                       spec.evaluation.max_steps, seed=seed, record=video is not None)
@@ -577,7 +572,7 @@ def load_main(spec: "RLJob", storage: Path):
 
     folder, progress = _latest_checkpoint(storage)
     path = Path(folder) / "learner_group" / "learner" / "rl_module" / MAIN
-    _refuse_pickles(path)
+    checkpoints.vet_rllib_checkpoint(path)  # before anything of it is decoded
     # the model config as the algorithm completes it (DQN adds dueling, double_q, ...)
     module = main_spec(game_info(spec.agent.env), build_config(spec, 0).model_config).build()
     module.restore_from_path(str(path))

@@ -1,8 +1,10 @@
 """Checkpoint files: written atomically, read without running pickled code.
 
-A checkpoint is a folder; training state goes into `state.pt` inside it. Ray (Train's
-checkpoint manager, or the RL loop) decides which folders to keep; this module only makes each
-one safe to write and safe to read.
+A checkpoint is a folder; training state goes into `state.pt` inside it (supervised jobs) or
+into RLlib's per-component `state.msgpack` files (RL jobs). Ray (Train's checkpoint manager, or
+the RL loop) decides which folders to keep; this module only makes each one safe to write and
+safe to read: whoever can write into a run store can hand us any bytes (README, "Threat
+model"), so every loader checks what it reads before a library decodes it.
 """
 
 from __future__ import annotations
@@ -11,11 +13,18 @@ import os
 from pathlib import Path
 from typing import Any
 
+from trainyard.spec import UserInputError
+
 STATE_FILE = "state.pt"
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read (truncated, corrupted, or not ours)."""
+
+
+class UnsafeCheckpointError(CheckpointError, UserInputError):
+    """A checkpoint file that would run code (or may, as far as we can tell) when loaded. The
+    CLI prints the one-line message, which names the file, and exits with code 2."""
 
 
 def save_state(folder: str | Path, state: dict[str, Any]) -> Path:
@@ -50,7 +59,12 @@ def load_state(folder: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
-        raise CheckpointError(f"checkpoint {path} cannot be read safely: {err}") from err
+        # torch's message runs to a dozen lines of advice to load with weights_only=False,
+        # which is exactly what must not happen here: keep its first line.
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise UnsafeCheckpointError(
+            f"checkpoint file {path} cannot be read safely as plain tensors and data (it holds "
+            f"other pickled objects, or is damaged): {first}; trainyard refuses it") from None
 
 
 # Folders of checkpoints that the training loop manages itself (RLlib algorithms): each is
@@ -109,3 +123,82 @@ def prune(root: str | Path, keep: int) -> None:
     committed = [f for f in list_folders(root) if (f / MARKER).is_file()]
     for folder in committed[:-keep] + list_folders(root, prefix=".partial_"):
         shutil.rmtree(folder, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- RLlib checkpoints
+#
+# RLlib (new API stack, `use_msgpack`) writes each component's state as `state.msgpack`, and
+# reads it with msgpack_numpy patched into msgpack process-wide. msgpack_numpy turns a map
+# {b"nd": True, b"kind": b"O", b"data": ...} into `pickle.loads(data)`: an object array in any
+# state.msgpack runs code when RLlib decodes it. Where a component has no state.msgpack, RLlib
+# unpickles its `state.pkl`. So before RLlib reads a checkpoint folder, every msgpack file in it
+# is parsed by an unpatched msgpack with a hook that refuses those maps, and pickles are
+# refused outright. (`class_and_ctor_args.pkl` is read only by `Algorithm.from_checkpoint`,
+# which trainyard never calls; `restore_from_path` does not open it.)
+NEVER_READ = frozenset({"class_and_ctor_args.pkl"})
+
+
+def vet_rllib_checkpoint(folder: str | Path) -> None:
+    """Refuse (UnsafeCheckpointError) a checkpoint folder RLlib could run code from."""
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.suffix == ".pkl" and path.name not in NEVER_READ:
+            raise UnsafeCheckpointError(
+                f"checkpoint file {path} is a pickle, which runs code when loaded; trainyard "
+                "writes msgpack state only and refuses it")
+        if path.suffix in (".msgpack", ".msgpck") and path.is_file():
+            vet_msgpack(path)
+
+
+def vet_msgpack(path: str | Path) -> None:
+    """Parse a msgpack file as RLlib would, without msgpack_numpy's decoding, and refuse any
+    map that its decoder would unpickle or build an object array from."""
+    try:  # the C unpacker as msgpack ships it; msgpack_numpy.patch() replaces only the names
+        from msgpack._cmsgpack import unpackb  # exported at msgpack's top level
+    except ImportError:  # pragma: no cover  (pure-Python msgpack builds)
+        from msgpack.fallback import unpackb
+
+    path = Path(path)
+
+    def refuse(what: str) -> None:
+        raise UnsafeCheckpointError(
+            f"checkpoint file {path} holds {what}, which msgpack_numpy would build by unpickling "
+            "(which runs code) when RLlib loads it; trainyard refuses it")
+
+    def check(obj: dict) -> dict:
+        # mirrors msgpack_numpy.decode: it acts on maps with a b"nd" key
+        if b"nd" in obj:
+            if obj.get(b"kind") == b"O":
+                refuse("an array of Python objects")
+            if _has_object(obj.get(b"type")):
+                refuse("an array whose dtype holds Python objects")
+        return obj
+
+    try:
+        unpackb(path.read_bytes(), raw=False, strict_map_key=False, object_hook=check)
+    except UnsafeCheckpointError:
+        raise
+    except Exception as err:  # noqa: BLE001 (msgpack raises several unrelated types)
+        raise UnsafeCheckpointError(
+            f"checkpoint file {path} is not valid msgpack ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); trainyard refuses it") from None
+
+
+def _has_object(descr: Any) -> bool:
+    """Whether a msgpack_numpy dtype description names Python objects, or is not a plain
+    dtype description at all (anything numpy cannot parse is refused too)."""
+    import numpy as np
+
+    def unpack(d: Any) -> Any:
+        if isinstance(d, bytes):
+            return d.decode("ascii", "replace")
+        if isinstance(d, (list, tuple)):  # structured: (name, type, *shape) per field
+            return [tuple(unpack(x) if i < 2 else x for i, x in enumerate(f)) for f in d]
+        return d
+
+    if descr is None:
+        return False
+    try:
+        return bool(np.dtype(unpack(descr)).hasobject)
+    except (TypeError, ValueError, KeyError, IndexError):
+        return True

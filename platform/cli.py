@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="store holding the run (default: "
                    "$MLFLOW_TRACKING_URI, else ./trainyard-runs/mlflow.db)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
+    p.add_argument("--trust-sweep-state", action="store_true",
+                   help="resume a sweep whose Tune state carries no valid seal of yours (Tune "
+                   "unpickles it: only for folders no one else can write; README, Threat model)")
 
     p = sub.add_parser("submit", help="run a job on a Ray cluster through the Ray Jobs API")
     job_args(p)
@@ -205,15 +208,18 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         return _fail(f"run {args.run_id} already finished; start a new one with trainyard run",
                      BAD_INPUT)
     if info["tags"].get("trainyard.sweep") == "parent":
-        from trainyard import launcher, sweep
+        from trainyard import launcher, seal, sweep
 
         spec = loaded.spec
+        if not args.trust_sweep_state:  # before Ray starts: a refusal should be quick
+            seal.verify(sweep.tune_folder(ref, info))
         with launcher.ray_session(args.address, spec.resources.cpus, None):
-            return sweep.resume_sweep(loaded, ref, info)
+            return sweep.resume_sweep(loaded, ref, info, args.trust_sweep_state)
     if info["tags"].get("trainyard.sweep_id"):
         return _fail(f"run {args.run_id} is a trial of sweep {info['tags']['trainyard.sweep_id']}"
                      f"; resume the sweep: trainyard resume {info['tags']['trainyard.sweep_id']}",
                      BAD_INPUT)
+    runs.vet_checkpoints(info)
     return _train(loaded, args.address, None, lambda: [runs.resume_job(loaded, ref, info)])
 
 
@@ -278,7 +284,7 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 def _cmd_eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from trainyard import launcher
+    from trainyard import launcher, runs
 
     if args.episodes is not None and args.episodes < 1:
         return _fail("--episodes must be at least 1", BAD_INPUT)
@@ -289,6 +295,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     spec, info, evaluate = found
+    runs.vet_checkpoints(info)
     video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
     with launcher.ray_session(args.address, spec.resources.cpus, None):
         evaluate(spec, info, args.episodes, args.epsilon, video, args.opponent)
@@ -314,6 +321,9 @@ def _cmd_play(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     spec, info, play = found
+    from trainyard import runs
+
+    runs.vet_checkpoints(info)
     try:
         play(spec, info, not args.second)
     except EOFError:

@@ -184,6 +184,26 @@ def load_for_resume(run_id: str, uri: str | None = None) -> tuple[LoadedSpec, Ru
     return loaded, ref, info
 
 
+def vet_checkpoints(info: dict[str, Any]) -> None:
+    """Check the checkpoints `resume`, `eval` or `play` will load from this run, here in the
+    driver before Ray starts: the RL run's latest checkpoint (msgpack only, no object arrays)
+    and every supervised `state.pt` (plain tensors only). The loaders check again where they
+    run; a refusal there is a failure inside Ray, here it is one line naming the file
+    (UnsafeCheckpointError, exit 2)."""
+    from trainyard import checkpoints
+
+    tags = info["tags"]
+    path, name = tags.get(f"{TAG}storage_path"), tags.get(f"{TAG}storage_name")
+    if not path or not name or "://" in path:  # remote storage: the loaders' own checks stand
+        return
+    root = Path(path) / name
+    committed = [f for f in checkpoints.list_folders(root) if (f / checkpoints.MARKER).is_file()]
+    if committed:  # the RL loop's (Train's own folders carry no marker)
+        checkpoints.vet_rllib_checkpoint(committed[-1])
+    for state in sorted(root.rglob(checkpoints.STATE_FILE)):
+        checkpoints.load_state(state.parent)
+
+
 def resume_job(loaded: LoadedSpec, ref: RunRef, info: dict[str, Any]) -> RunOutcome:
     """Continue a stopped or killed run from its latest checkpoint, in the same MLflow run."""
     tags = info["tags"]

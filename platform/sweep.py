@@ -383,7 +383,8 @@ def run_sweep(loaded: LoadedSpec) -> int:
             trial_dirname_creator=lambda trial: trial.trial_id),
         run_config=_tune_run_config(spec, parent, storage, monitor))
     tracking.set_tags(parent, {f"{TAG}max_concurrent": str(concurrent)})
-    return _fit_and_summarise(tuner, spec, setup, parent, monitor, concurrent)
+    return _fit_and_summarise(tuner, spec, setup, parent, monitor, concurrent,
+                              _join(storage, parent.run_id))
 
 
 def _trial_count(spec: JobBase, param_space: dict, num_samples: int) -> int:
@@ -394,16 +395,28 @@ def _trial_count(spec: JobBase, param_space: dict, num_samples: int) -> int:
     return num_samples * (len(seeds["grid_search"]) if isinstance(seeds, dict) else 1)
 
 
-def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict) -> int:
-    """Continue an interrupted sweep from Tune's saved state, into the same parent run."""
+def tune_folder(parent: RunRef, info: dict) -> str:
+    """Where Tune keeps a sweep's state: the sweep's storage, under the parent run's id."""
+    return _join(info["tags"][f"{TAG}storage_path"], parent.run_id)
+
+
+def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict,
+                 trust_state: bool = False) -> int:
+    """Continue an interrupted sweep from Tune's saved state, into the same parent run. Tune
+    unpickles that state: it must carry this user's seal (trainyard.seal) unless
+    `trust_state`."""
     from ray import tune
+
+    from trainyard import seal
 
     spec = loaded.spec
     storage = info["tags"][f"{TAG}storage_path"]
-    path = _join(storage, parent.run_id)
-    if not tune.Tuner.can_restore(path):
+    path = tune_folder(parent, info)
+    if not tune.Tuner.can_restore(path):  # (looks for tuner.pkl; reads nothing)
         raise UserInputError(f"sweep {parent.run_id} has no saved Tune state in {path}; "
                              "start it again with trainyard sweep")
+    if not trust_state:
+        seal.verify(path)
     experiment = spec.tracking.experiment or spec.name
     setup = _setup(spec, parent.uri, experiment, parent, storage)
     tracking.reopen_run(parent)
@@ -413,11 +426,11 @@ def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict) -> int:
     tuner = tune.Tuner.restore(path, _trainable(spec, setup), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
     monitor = SweepMonitor(info["name"], spec.sweep.metric, spec.sweep.mode, 0)
-    return _fit_and_summarise(tuner, spec, setup, parent, monitor, concurrent)
+    return _fit_and_summarise(tuner, spec, setup, parent, monitor, concurrent, path)
 
 
 def _fit_and_summarise(tuner, spec: JobBase, setup: TrialSetup, parent: RunRef,
-                       monitor: SweepMonitor, concurrent: int) -> int:
+                       monitor: SweepMonitor, concurrent: int, tune_folder: str) -> int:
     # Results without the metric are fine (an RL iteration before the first episode ends);
     # Tune's own progress table gives way to the sweep's one-line progress.
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
@@ -434,6 +447,9 @@ def _fit_and_summarise(tuner, spec: JobBase, setup: TrialSetup, parent: RunRef,
               file=sys.stderr, flush=True)
         raise
     finally:
+        from trainyard import seal
+
+        seal.seal(tune_folder)  # however it stopped: `trainyard resume` checks this first
         if status != "FINISHED":
             tracking.close_run(parent, status)
     wall = time.monotonic() - started

@@ -8,6 +8,7 @@ explicit run id, so it works the same in the driver and in a Ray worker process.
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
@@ -273,11 +274,27 @@ def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list[RunRef]:
     return [RunRef(uri, run.info.run_id) for run in runs]
 
 
+@contextlib.contextmanager
+def _no_progress_bar():
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR as flag
+
+    before = os.environ.get(flag.name)
+    os.environ[flag.name] = "false"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(flag.name, None)
+        else:
+            os.environ[flag.name] = before
+
+
 def run_info(ref: RunRef) -> dict[str, Any]:
     """What resume needs: the run's tags, status, and its resolved job.yaml text."""
     client = _client(ref.uri)
     run = client.get_run(ref.run_id)
-    with tempfile.TemporaryDirectory() as tmp:
+    # one small file: MLflow's progress bar would be the only output of a one-line refusal
+    with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
         path = mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path="job.yaml",
                                                    dst_path=tmp, tracking_uri=ref.uri)
         job_yaml = Path(path).read_text()

@@ -35,6 +35,8 @@ def workdir(tmp_path, monkeypatch) -> Path:
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    # the per-user key that seals sweep state: the test's own, not the developer's
+    monkeypatch.setenv("TRAINYARD_STATE_KEY", str(tmp_path / "trainyard-state.key"))
     return tmp_path
 
 

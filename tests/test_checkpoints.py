@@ -69,20 +69,3 @@ def test_pickle_module_is_not_what_loads(tmp_path):
         pickle.dump({"obj": _Exploit}, handle)
     with pytest.raises(CheckpointError):
         load_state(tmp_path)
-
-
-def test_rl_checkpoint_with_pickled_state_is_refused(tmp_path):
-    """RLlib unpickles a component's state.pkl when there is no state.msgpack; ours are msgpack,
-    and a checkpoint that carries pickled state is refused before RLlib reads it."""
-    from trainyard.agents.runner import _refuse_pickles
-
-    good = tmp_path / "good"
-    (good / "learner_group").mkdir(parents=True)
-    (good / "learner_group" / "state.msgpack").write_bytes(b"\x80")
-    (good / "class_and_ctor_args.pkl").write_bytes(b"never read by restore_from_path")
-    _refuse_pickles(good)
-    bad = tmp_path / "bad"
-    (bad / "learner_group").mkdir(parents=True)
-    (bad / "learner_group" / "state.pkl").write_bytes(b"cos\nsystem\n(S'touch pwned'\ntR.")
-    with pytest.raises(CheckpointError, match="pickled state"):
-        _refuse_pickles(bad)

@@ -5,6 +5,7 @@ trial does not stop the others; best.yaml reruns; an interrupted sweep resumes."
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import subprocess
@@ -185,6 +186,13 @@ def test_asha_sweep_of_cartpole_dqn_stops_trials_and_its_best_yaml_reruns(
     best_lr = float(parent.data.tags["trainyard.best.agent.lr"])
     assert best_spec["agent"]["lr"] == pytest.approx(best_lr)
     assert "best configuration:" in out and "stopped early" in out
+    # Tune's real state files (tuner.pkl, experiment state, trials) are sealed as they ended
+    from trainyard import seal
+
+    tune_folder = workdir / "trainyard-runs" / "checkpoints" / "sweeps" / parent.info.run_id
+    sealed = json.loads((tune_folder / seal.SEAL).read_text())["files"]
+    assert "tuner.pkl" in sealed and any(n.startswith("experiment_state") for n in sealed)
+    seal.verify(tune_folder)
     print(f"\nASHA sweep: 8 trials, {len(stopped)} stopped early, {took:.0f}s, training filled "
           f"{100 * metrics['perf/sweep_busy_fraction']:.0f}% of the trial slots")
     # the best configuration is an ordinary job: it runs as one
@@ -252,7 +260,10 @@ def test_killed_sweep_resumes_into_the_same_parent_run(workdir, store_uri, capsy
     parent, _ = _parent_and_children(client, "cart-sweep")
     assert parent.info.status == "RUNNING"  # killed: nobody closed it
 
-    assert main(["resume", parent.info.run_id]) == 0
+    # killed outright, the sweep sealed nothing: Tune's pickles are not provably ours
+    assert main(["resume", parent.info.run_id]) == 2
+    assert "--trust-sweep-state" in capsys.readouterr().err
+    assert main(["resume", parent.info.run_id, "--trust-sweep-state"]) == 0
     assert "resuming sweep" in capsys.readouterr().out
     parent, children = _parent_and_children(client, "cart-sweep")
     assert parent.info.status == "FINISHED"
