@@ -364,14 +364,21 @@ class AtariQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
 
     def _forward_exploration(self, batch, t):
         """Epsilon-greedy over the Q-values: RLlib's rule (uniform random action with
-        probability epsilon, else the argmax) without building a distribution object."""
-        values = self.compute_q_values(batch)[QF_PREDS]
+        probability epsilon, else the argmax) without building a distribution object. The
+        coin is tossed first and the network sees only the frames that act greedily: early in
+        training, when epsilon is near 1, most acting steps need no forward pass at all (a
+        single-file loop skips it the same way)."""
+        frames = batch[Columns.OBS]
         self.epsilon_schedule.update(t)
         epsilon = self.epsilon_schedule.get_current_value()
-        greedy = values.argmax(-1)
-        explore = torch.rand(greedy.shape, device=values.device) < epsilon
-        random = torch.randint(values.shape[-1], greedy.shape, device=values.device)
-        return {Columns.ACTIONS: torch.where(explore, random, greedy)}
+        rows = frames.shape[0]
+        actions = torch.randint(self.action_space.n, (rows,), device=frames.device)
+        greedy = torch.rand(rows, device=frames.device) >= epsilon
+        if bool(greedy.any()):
+            with torch.inference_mode():  # acting never needs autograd's bookkeeping
+                values = self.compute_q_values({**batch, Columns.OBS: frames[greedy]})[QF_PREDS]
+            actions[greedy] = values.argmax(-1)
+        return {Columns.ACTIONS: actions}
 
     def _mode_free(self) -> bool:
         if getattr(self, "_no_mode_layers", None) is None:

@@ -1,10 +1,14 @@
-"""Uniform replay of Atari frames in preallocated uint8 rings: stacks and n-step returns are
-gathered with array indexing, straight into the tensors one update takes.
+"""Uniform replay in preallocated rings: stacks and n-step returns are gathered with array
+indexing, straight into the tensors one update takes.
 
-Each 84x84 frame is stored once. A *lane* holds whole games one after another (RLlib's env
-runner plays `num_envs` games at once, so there is a lane per concurrent game); an episode's
-frames are contiguous in its lane, and its last observation (after the terminal or truncated
-step) gets a slot of its own, from which no transition starts.
+Each observation the env runner's episodes hold is stored once: an 84x84 uint8 frame on
+Atari (stacks of `num_frames` are gathered from consecutive slots), a vector or board
+elsewhere (`num_frames: 1`, stored as it comes).
+
+A *lane* holds whole games one after another (RLlib's env runner plays `num_envs` games at
+once, so there is a lane per concurrent game); an episode's frames are contiguous in its lane,
+and its last observation (after the terminal or truncated step) gets a slot of its own, from
+which no transition starts.
 
 Stacking matches acting (`trainyard.agents.atari.StackFrames`): the k frames ending at t, the
 episode's first frame repeated before it (Gymnasium's FrameStackObservation after a reset).
@@ -16,8 +20,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from trainyard.agents.envs import SCREEN
 
 
 class FrameReplay:
@@ -32,7 +34,7 @@ class FrameReplay:
         self.lanes, self.k, self.n, self.gamma = lanes, num_frames, n_step, gamma
         self.size = max(capacity // lanes, num_frames + n_step + 1)
         shape = (lanes, self.size)
-        self.frames = np.zeros((*shape, SCREEN, SCREEN), np.uint8)
+        self.frames: np.ndarray | None = None      # allocated at the first observation
         self.t = np.zeros(shape, np.int64)          # step of the frame within its episode
         self.action = np.zeros(shape, np.int64)     # action taken from this frame
         self.reward = np.zeros(shape, np.float32)
@@ -95,6 +97,8 @@ class FrameReplay:
 
     def _write(self, lane: int, frames: np.ndarray, first_t: int) -> None:
         count = len(frames)
+        if self.frames is None:  # the observations' shape and dtype, as the env gives them
+            self.frames = np.zeros((self.lanes, self.size, *frames.shape[1:]), frames.dtype)
         slots = self._slot(lane, np.arange(self.written[lane], self.written[lane] + count))
         self.frames[lane, slots] = frames
         self.t[lane, slots] = np.arange(first_t, first_t + count)
@@ -122,9 +126,10 @@ class FrameReplay:
         return complete & ~self.final[lane, start % self.size]
 
     def sample(self, batch_size: int) -> dict[str, torch.Tensor]:
-        """`batch_size` transitions drawn uniformly: uint8 stacks `obs`/`next_obs`
-        [B, 84, 84, k], `actions`, the n-step discounted `rewards`, `discounts` (gamma^n,
-        0 after a terminal) and `n_step`, all torch tensors on the CPU."""
+        """`batch_size` transitions drawn uniformly: `obs`/`next_obs` (Atari: uint8 stacks
+        [B, 84, 84, k]; else [B, *observation shape]), `actions`, the n-step discounted
+        `rewards`, `discounts` (gamma^n, 0 after a terminal) and `n_step`, all torch tensors
+        on the CPU."""
         low, high = self._window()
         widths = high - low
         total, offsets = widths.sum(), np.cumsum(widths) - widths
@@ -167,7 +172,9 @@ class FrameReplay:
 
     def _stack(self, lane: np.ndarray, absolute: np.ndarray) -> torch.Tensor:
         """[B, 84, 84, k] uint8: a permuted view of a [B, k, 84, 84] gather, so the conv
-        encoder's permute back to channels-first is free."""
+        encoder's permute back to channels-first is free. Unstacked: [B, *shape]."""
+        if self.k == 1:
+            return torch.from_numpy(self.frames[lane, absolute % self.size])
         back = np.minimum(np.arange(self.k - 1, -1, -1)[None, :],
                           self.t[lane, absolute % self.size][:, None])
         slots = (absolute[:, None] - back) % self.size

@@ -153,9 +153,10 @@ class DQNAgent(Section):
     compile: bool = Field(False, description="torch.compile the Q-network's modules on the "
                           "learner (compile time is paid at the first updates; a failure "
                           "falls back to eager with a warning)")
-    lean_step: bool = Field(True, description="Atari with uniform replay: trainyard's "
-                            "training step (uint8 frame replay straight into tensors, one "
-                            "update at a time) instead of RLlib's episode-based one; same math")
+    lean_step: bool = Field(True, description="single-agent feed-forward DQN with uniform "
+                            "replay: trainyard's training step (preallocated replay straight "
+                            "into tensors, one update at a time) instead of RLlib's "
+                            "episode-based one; same math")
     sync_every: int = Field(1, ge=1, description="lean step: updates between copies of the "
                             "learner's weights to the acting module (1: act with the newest)")
     atari: AtariSettings = Field(default_factory=AtariSettings,

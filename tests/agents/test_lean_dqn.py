@@ -71,6 +71,29 @@ def test_frame_replay_stacks_frames_and_sums_n_step_returns_like_the_episodes():
                     | {(3, t) for t in range(9 - n + 1)})
 
 
+def test_replay_of_vector_observations_returns_them_unstacked():
+    """CartPole-like episodes (float vectors, num_frames 1): obs and next_obs are the
+    episode's own observations t and t + n."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    space = gym.spaces.Box(-10, 10, (4,), np.float32)
+    observations = [np.array([t, t + 0.5, -t, 1.0], np.float32) for t in range(11)]
+    episode = SingleAgentEpisode(
+        id_="v", observations=observations, actions=[t % 2 for t in range(10)],
+        rewards=[1.0] * 10, observation_space=space, action_space=gym.spaces.Discrete(2),
+        terminated=True, len_lookback_buffer=0)
+    replay = FrameReplay(100, lanes=1, num_frames=1, n_step=2, gamma=0.9, seed=0)
+    replay.add([episode])
+    batch = replay.sample(64)
+    assert batch["obs"].shape == (64, 4) and batch["obs"].dtype == torch.float32
+    for obs, nxt, steps, discount in zip(batch["obs"], batch["next_obs"], batch["n_step"],
+                                         batch["discounts"]):
+        t = int(obs[0])
+        assert torch.equal(obs, torch.from_numpy(observations[t]))
+        assert torch.equal(nxt, torch.from_numpy(observations[t + int(steps)]))
+        assert float(discount) == pytest.approx(0.0 if t + int(steps) == 10 else 0.81)
+
+
 def test_frame_replay_forgets_the_oldest_frames_when_full():
     replay = FrameReplay(40, lanes=1, num_frames=4, n_step=1, gamma=0.9, seed=0)
     for k in range(5):  # 5 games of 15 steps, 80 frames into a ring of 40
