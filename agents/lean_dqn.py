@@ -13,6 +13,14 @@ and gradients against RLlib's own learner on one batch.
 Updates are granted per sampled env step (`training_intensity` transitions replayed per
 step sampled), and the acting module gets the learner's weights every `sync_every` updates
 (1: acting always uses the latest weights, as in a single-file loop).
+
+With `async_sampling` (remote env runners), each runner always has a sample request in
+flight: it plays the next chunk while the learner updates on the last ones. Updates are still
+granted per sampled step, never by the clock, so the replay ratio over a run is the
+configured one; a learner that falls behind stops new requests until it has caught up
+(`max_owed`), so sampling cannot run away from learning. Weights go to the runners without
+waiting (RLlib's fire-and-forget `sync_weights`), so a runner acts with weights at most one
+chunk older than in the synchronous loop.
 """
 
 from __future__ import annotations
@@ -135,16 +143,36 @@ class LeanDQN(DQN):
         self._updates_per_step = intensity / config.total_train_batch_size
         self._owed = 0.0
         self._updates = self._unsynced = 0
+        self._learning_steps = 0  # env steps sampled since learning started
         self._lean: LeanUpdate | None = None
         self._weights: rllib_private.WeightCopier | None = None
+        self._async = bool(settings.get("async_sampling")) and runners > 0
+        # the most updates a learner may owe before runners wait: two chunks of every runner
+        self._max_owed = max(2.0 * fragment * max(runners, 1) * self._updates_per_step, 1.0)
+
+    def _sample(self):
+        """Episodes sampled since the last call, and the runners' metrics: synchronously (all
+        runners, one chunk each), or, with async sampling, whatever chunks are ready, after
+        asking each idle runner for its next one."""
+        config = self.config
+        if not self._async:
+            return synchronous_parallel_sample(
+                worker_set=self.env_runner_group, concat=True,
+                sample_timeout_s=config.sample_timeout_s, _uses_new_env_runners=True,
+                _return_metrics=True)
+        group = self.env_runner_group
+        if self._owed < self._max_owed:  # else: let the learner catch up first
+            group.foreach_env_runner_async(_sample_with_metrics, tag="sample")
+        # nothing owed: wait for a chunk rather than spin; else take only what is ready
+        ready = group.fetch_ready_async_reqs(
+            tags="sample", timeout_seconds=0.0 if self._owed >= 1.0 else config.sample_timeout_s)
+        episodes = [e for _, (chunk, _) in ready for e in chunk]
+        return episodes, [metrics for _, (_, metrics) in ready]
 
     def training_step(self) -> None:
         config = self.config
         with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
-            episodes, results = synchronous_parallel_sample(
-                worker_set=self.env_runner_group, concat=True,
-                sample_timeout_s=config.sample_timeout_s, _uses_new_env_runners=True,
-                _return_metrics=True)
+            episodes, results = self._sample()
         self.metrics.aggregate(results, key=ENV_RUNNER_RESULTS)
         with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
             self.local_replay_buffer.add(episodes)
@@ -152,7 +180,9 @@ class LeanDQN(DQN):
                                      default=0)
         if lifetime < config.num_steps_sampled_before_learning_starts:
             return
-        self._owed += sum(len(e) for e in episodes) * self._updates_per_step
+        sampled = sum(len(e) for e in episodes)
+        self._learning_steps += sampled
+        self._owed += sampled * self._updates_per_step
         if self._lean is None:
             self._lean = LeanUpdate(rllib_private.local_learner(self), config)
         last = None
@@ -174,6 +204,12 @@ class LeanDQN(DQN):
                                        window=1)
             self.metrics.log_value((LEARNER_RESULTS, DEFAULT_MODULE_ID, "num_updates"),
                                    self._updates, window=1)
+            # transitions replayed per env step sampled since learning began: the
+            # configured training_intensity, up to the updates still owed
+            self.metrics.log_value(
+                (LEARNER_RESULTS, DEFAULT_MODULE_ID, "replay_ratio"),
+                self._updates * config.total_train_batch_size / max(self._learning_steps, 1),
+                window=1)
 
     def _sync_weights(self) -> None:
         self._unsynced = 0
@@ -182,6 +218,12 @@ class LeanDQN(DQN):
                 self._weights = rllib_private.WeightCopier(self._lean.module,
                                                            self.env_runner.module)
             self._weights.copy()
-        else:
+        else:  # fire-and-forget (RLlib's default timeout 0): runners pick them up between
+            # chunks
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,
                                                inference_only=True)
+
+
+def _sample_with_metrics(runner):
+    """Run on a remote env runner: one chunk of episodes and the runner's metrics."""
+    return runner.sample(), runner.get_metrics()

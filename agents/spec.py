@@ -159,6 +159,10 @@ class DQNAgent(Section):
                             "episode-based one; same math")
     sync_every: int = Field(1, ge=1, description="lean step: updates between copies of the "
                             "learner's weights to the acting module (1: act with the newest)")
+    async_sampling: bool = Field(False, description="lean step with remote env runners "
+                                 "(resources.env_runners >= 1): runners sample the next chunk "
+                                 "while the learner updates; updates are still granted per "
+                                 "sampled step, so the replay ratio is the configured one")
     atari: AtariSettings = Field(default_factory=AtariSettings,
                                  description="frame preprocessing of ALE/ games")
     recurrent: Recurrent | None = Field(None, description="an LSTM Q-network trained on "
@@ -299,6 +303,22 @@ class RLJob(JobBase):
     def _check_epsilon(self) -> "RLJob":
         if self.agent.epsilon_end > self.agent.epsilon_start:
             raise ValueError("agent.epsilon_end must not exceed agent.epsilon_start")
+        return self
+
+    @model_validator(mode="after")
+    def _check_async(self) -> "RLJob":
+        if not self.agent.async_sampling:
+            return self
+        if self.resources.env_runners < 1:
+            raise ValueError("agent.async_sampling needs remote env runners to sample while "
+                             "the learner updates: set resources.env_runners to 1 or more")
+        from trainyard.agents.runner import uses_lean_step
+
+        if not uses_lean_step(self):
+            raise ValueError("agent.async_sampling runs in trainyard's lean DQN step, which "
+                             "takes single-agent feed-forward DQN with uniform replay and a "
+                             "local learner: set agent.prioritized_replay: false, no "
+                             "agent.recurrent or self-play, resources.learners: 0")
         return self
 
     def resource_demand(self) -> dict[str, float]:

@@ -87,7 +87,7 @@ def test_replay_of_vector_observations_returns_them_unstacked():
     batch = replay.sample(64)
     assert batch["obs"].shape == (64, 4) and batch["obs"].dtype == torch.float32
     for obs, nxt, steps, discount in zip(batch["obs"], batch["next_obs"], batch["n_step"],
-                                         batch["discounts"]):
+                                         batch["discounts"], strict=True):
         t = int(obs[0])
         assert torch.equal(obs, torch.from_numpy(observations[t]))
         assert torch.equal(nxt, torch.from_numpy(observations[t + int(steps)]))
@@ -187,3 +187,35 @@ def test_private_rllib_attributes_are_where_trainyard_reads_them():
     source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     rllib_private.WeightCopier(source, target).copy()
     assert torch.equal(source.weight, target.weight) and torch.equal(source.bias, target.bias)
+
+
+@pytest.mark.slow
+def test_async_sampling_holds_the_replay_ratio_and_learns(workdir, store_uri):
+    """A remote env runner samples while the learner updates; updates are granted per
+    sampled step, so the run's replay ratio is the configured one (within 2%), and the agent
+    still learns CartPole."""
+    from conftest import CARTPOLE, runs_of
+    from trainyard.cli import main
+
+    assert main(["run", str(CARTPOLE), "-o", "resources.env_runners=1",
+                 "-o", "agent.async_sampling=true", "-o", "agent.prioritized_replay=false",
+                 "-o", "agent.training_intensity=8", "-o", "stop.env_steps=12k",
+                 "-o", "evaluation.every_iterations=1000", "-o", "evaluation.video=false",
+                 "-o", "tracking.system_metrics=false"]) == 0
+    client, runs = runs_of(store_uri, "cartpole")
+    run = runs[0]
+    assert run.data.tags["trainyard.dqn_step"] == "lean"
+    ratios = client.get_metric_history(run.info.run_id, "train/replay_ratio")
+    assert len(ratios) >= 5
+    assert all(m.value == pytest.approx(8.0, rel=0.02) for m in ratios[len(ratios) // 2:])
+    assert run.data.metrics["eval/return_mean"] > 40  # random play: ~22
+
+
+def test_async_sampling_without_remote_runners_is_refused(workdir):
+    from conftest import CARTPOLE
+    from trainyard.loader import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="resources.env_runners to 1 or more"):
+        load_spec(CARTPOLE, ["agent.async_sampling=true", "agent.prioritized_replay=false"])
+    with pytest.raises(SpecError, match="uniform replay"):
+        load_spec(CARTPOLE, ["agent.async_sampling=true", "resources.env_runners=1"])
