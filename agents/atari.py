@@ -24,7 +24,6 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from ray.rllib.algorithms.dqn.dqn_learner import QF_PREDS
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
@@ -37,7 +36,7 @@ from ray.rllib.utils.replay_buffers.prioritized_episode_buffer import (
 )
 
 from trainyard.agents.envs import SCREEN, AtariSettings, rom_name
-from trainyard.agents.learner import LeanDoubleQ
+from trainyard.agents.learner import LeanActing, LeanDoubleQ
 
 
 class _SingleFrames(gym.vector.VectorWrapper):
@@ -342,7 +341,7 @@ def _stacked_transition(buffer, index: int, t: int, n_step, gamma: float,
     return sample
 
 
-class AtariQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
+class AtariQModule(LeanActing, LeanDoubleQ, DefaultDQNTorchRLModule):
     """RLlib's DQN Q-network (conv encoder, Q head; dueling and distributional as configured)
     taking uint8 frames, scaled to [0, 1] on the way in (on the learner's device)."""
 
@@ -353,35 +352,3 @@ class AtariQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
                   else frames.float() / 255.0)
         scaled = {**batch, Columns.OBS: floats}
         return super()._qf_forward_helper(scaled, encoder, head)
-
-    def forward_exploration(self, batch, **kwargs):
-        # RLlib switches the module to eval mode and back around every acting step (a walk
-        # over each submodule, twice: ~5% of Atari sampling, py-spy). Without dropout or
-        # batch norm the mode changes nothing, so acting skips the switch.
-        if self._mode_free():
-            return self._forward_exploration(batch, **kwargs)
-        return super().forward_exploration(batch, **kwargs)
-
-    def _forward_exploration(self, batch, t):
-        """Epsilon-greedy over the Q-values: RLlib's rule (uniform random action with
-        probability epsilon, else the argmax) without building a distribution object. The
-        coin is tossed first and the network sees only the frames that act greedily: early in
-        training, when epsilon is near 1, most acting steps need no forward pass at all (a
-        single-file loop skips it the same way)."""
-        frames = batch[Columns.OBS]
-        self.epsilon_schedule.update(t)
-        epsilon = self.epsilon_schedule.get_current_value()
-        rows = frames.shape[0]
-        actions = torch.randint(self.action_space.n, (rows,), device=frames.device)
-        greedy = torch.rand(rows, device=frames.device) >= epsilon
-        if bool(greedy.any()):
-            with torch.inference_mode():  # acting never needs autograd's bookkeeping
-                values = self.compute_q_values({**batch, Columns.OBS: frames[greedy]})[QF_PREDS]
-            actions[greedy] = values.argmax(-1)
-        return {Columns.ACTIONS: actions}
-
-    def _mode_free(self) -> bool:
-        if getattr(self, "_no_mode_layers", None) is None:
-            modal = (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)
-            self._no_mode_layers = not any(isinstance(m, modal) for m in self.modules())
-        return self._no_mode_layers

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 from ray.rllib.algorithms.dqn.dqn_learner import (
     QF_LOSS_KEY,
@@ -36,6 +37,7 @@ from ray.rllib.algorithms.dqn.dqn_learner import (
 )
 from ray.rllib.algorithms.dqn.torch.default_dqn_torch_rl_module import DefaultDQNTorchRLModule
 from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
+from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, TD_ERROR_KEY
 
@@ -109,6 +111,8 @@ class DQNLearner(DQNTorchLearner):
         self.precision = "fp32"
         for module_id in self.module.keys():
             module = self.module[module_id].unwrapped()
+            if not isinstance(module, torch.nn.Module):  # a scripted self-play opponent
+                continue
             conv = any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
             device = next(module.parameters()).device
             precision = resolve_precision(settings.get("precision", "fp32"), device, conv)
@@ -208,6 +212,60 @@ def compile_networks(module: torch.nn.Module) -> None:
             child.compile(dynamic=False)
 
 
-class ConvQModule(LeanDoubleQ, DefaultDQNTorchRLModule):
-    """RLlib's default DQN module (MinAtar's conv Q-network) with the lean double-Q forward
-    and the learner's precision setting."""
+class LeanActing:
+    """Mixin for RLlib's DQN modules: epsilon-greedy acting without RLlib's per-step costs."""
+
+    def forward_exploration(self, batch, **kwargs):
+        # RLlib switches the module to eval mode and back around every acting step (a walk
+        # over each submodule, twice: ~5% of Atari sampling, py-spy). Without dropout or
+        # batch norm the mode changes nothing, so acting skips the switch.
+        if self._mode_free() and Columns.STATE_IN not in batch:
+            return self._forward_exploration(batch, **kwargs)
+        return super().forward_exploration(batch, **kwargs)
+
+    def _forward_exploration(self, batch, t):
+        """Epsilon-greedy over the Q-values: RLlib's rule (uniform random action with
+        probability epsilon, else the argmax) without building a distribution object. The
+        coin is tossed first and the network sees only the observations that act greedily:
+        early in training, when epsilon is near 1, most acting steps need no forward pass at
+        all (a single-file loop skips it the same way)."""
+        obs = batch[Columns.OBS]
+        self.epsilon_schedule.update(t)
+        epsilon = self.epsilon_schedule.get_current_value()
+        rows = obs.shape[0]
+        actions = torch.randint(self.action_space.n, (rows,), device=obs.device)
+        greedy = torch.rand(rows, device=obs.device) >= epsilon
+        if bool(greedy.any()):
+            with torch.inference_mode():  # acting never needs autograd's bookkeeping
+                values = self.compute_q_values({**batch, Columns.OBS: obs[greedy]})[QF_PREDS]
+            actions[greedy] = values.argmax(-1)
+        return {Columns.ACTIONS: actions}
+
+    def _mode_free(self) -> bool:
+        if getattr(self, "_no_mode_layers", None) is None:
+            modal = (torch.nn.Dropout, torch.nn.modules.batchnorm._BatchNorm)
+            self._no_mode_layers = not any(isinstance(m, modal) for m in self.modules())
+        return self._no_mode_layers
+
+
+class QModule(LeanActing, LeanDoubleQ, DefaultDQNTorchRLModule):
+    """RLlib's default DQN module (an MLP, or MinAtar's conv Q-network) with the lean acting
+    step, the lean double-Q forward and the learner's precision setting."""
+
+
+class LatestObservation(ConnectorV2):
+    """Env-to-module, the whole pipeline for feed-forward acting on vector or board
+    observations: each env's newest observation, stacked into one tensor on the module's
+    device (in place of RLlib's default pieces: observations from episodes, batching, numpy
+    to tensor, and their per-piece timers)."""
+
+    def __init__(self, input_observation_space=None, input_action_space=None, *, device=None,
+                 **kwargs):
+        self.device = device
+        super().__init__(input_observation_space, input_action_space, **kwargs)
+
+    def __call__(self, *, rl_module, batch, episodes, explore=None, shared_data=None,
+                 **kwargs):
+        newest = np.stack([episode.get_observations(-1) for episode in episodes])
+        batch[Columns.OBS] = torch.from_numpy(newest).to(self.device or "cpu")
+        return batch

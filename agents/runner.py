@@ -80,7 +80,7 @@ def build_config(spec: "RLJob", seed: int):
     from ray.rllib.algorithms.dqn import DQNConfig
     from ray.rllib.core.rl_module.default_model_config import DefaultModelConfig
 
-    from trainyard.agents.envs import is_atari, is_minatar
+    from trainyard.agents.envs import is_atari
     from trainyard.agents.learner import DQNLearner
 
     agent, res, faults = spec.agent, spec.resources, spec.fault_tolerance
@@ -122,14 +122,16 @@ def build_config(spec: "RLJob", seed: int):
     )
     if is_atari(agent.env):
         _atari(config, agent, lean=uses_lean_step(spec))
-    elif is_minatar(agent.env):  # RLlib's Q-network, with the learner's kernel settings
+    from trainyard.agents.doom import is_doom
+
+    if not is_atari(agent.env) and not is_doom(agent.env) and agent.recurrent is None \
+            and spec.selfplay is None:  # RLlib's Q-network, acting and kernels made lean
         from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
-        from trainyard.agents.learner import ConvQModule
+        from trainyard.agents.learner import QModule
 
         config.rl_module(rl_module_spec=RLModuleSpec(
-            module_class=ConvQModule, model_config=_model_config(agent, DefaultModelConfig)))
-    from trainyard.agents.doom import is_doom
+            module_class=QModule, model_config=_model_config(agent, DefaultModelConfig)))
 
     if agent.recurrent is not None:
         _recurrent(config, agent)
@@ -215,6 +217,17 @@ def _lean(config, spec: "RLJob") -> None:
 
     agent, res = spec.agent, spec.resources
     config.algo_class = LeanDQN
+    if not is_atari(agent.env):  # (Atari has its own frame-stacking pair)
+        from trainyard.agents.atari import ActionsToNumpy
+        from trainyard.agents.learner import LatestObservation
+
+        # one connector each way in place of RLlib's default pieces and their timers
+        config.env_runners(
+            env_to_module_connector=lambda env, spaces=None, device=None:
+            LatestObservation(device=device),
+            module_to_env_connector=lambda env, spaces=None: ActionsToNumpy(),
+            add_default_connectors_to_env_to_module_pipeline=False,
+            add_default_connectors_to_module_to_env_pipeline=False)
     config.learner_config_dict.update(
         sync_every=agent.sync_every, async_sampling=agent.async_sampling,
         lean_replay={"capacity": agent.replay_capacity,

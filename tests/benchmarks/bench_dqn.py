@@ -1,37 +1,74 @@
-"""DQN throughput on Pong: trainyard's RLlib path against plain loops, all in one run.
+"""DQN throughput: trainyard against single-file PyTorch loops, measured taking turns.
 
-(a) Sampling: env steps/s of trainyard's env runner (ale-py's vector env, single frames,
-    the frame-stacking connector, RLlib's episodes, one Q-network forward per vector step)
-    against a raw loop over ale-py's vector env with the same preprocessing (frames stacked in
-    C++) and the same Q-network forward. Both with 4 games.
-(b) Training at the Nature replay ratio (one batch-32 update per 4 env steps; Nature CNN, Adam,
-    Huber loss, plain Q-learning): env steps/s of `trainyard`'s DQN (RLlib) against a
-    single-file PyTorch DQN written here in CleanRL's style (one game through Gymnasium's
-    Atari wrappers, a uint8 numpy replay, target network). Counted after learning starts.
+(a) Sampling on Pong: env steps/s of trainyard's env runner (ale-py's vector env, single
+    frames, the frame-stacking connector, RLlib's episodes, one greedy Q-network forward per
+    vector step) against a raw loop over ale-py's vector env with the same preprocessing
+    (frames stacked in C++) and the same forward. 4 games each, in one process, taking turns.
+(b) Training on Pong at the Nature replay ratio (one batch-32 update per 4 env steps; Nature
+    CNN, Adam, Huber loss, plain Q-learning, 100k replay): trainyard's DQN as shipped (the lean
+    step, fp32, channels-last weights) against a single-file DQN written here as a user
+    would (CleanRL's style: one game through Gymnasium's wrappers, a uint8 numpy replay,
+    fp32, default memory format, no compile; it does not change from run to run). Then the
+    same pairing with one lever changed at a time: RLlib's own step, weights in the default
+    memory format, torch.compile, bf16.
+(c) Training on CartPole: trainyard (RLlib's step: the MLP is tiny, per-step Python rules)
+    against a single-file DQN with the same network and ratio.
 
-Prints one line:
+Each pairing runs as two processes that take turns in `--window`-second slices, the other
+frozen (SIGSTOP), after both have learned for 500 steps: this VM's speed drifts by tens of
+percent over minutes, and turns put both sides in the same minutes. Prints one line:
 
-    pong dqn: sampling trainyard 1,900/s vs raw ALE 2,300/s (0.83x) | training trainyard
-    60/s vs single-file 85/s (0.71x)
+    dqn: pong sampling 0.95x raw ALE | pong training 1.25x single-file (trainyard 95/s vs
+    76/s, 31 vs 40 ms/update) | levers off: rllib step 0.80x, ... | cartpole 0.60x ...
 
-Run: .venv/bin/python tests/benchmarks/bench_dqn.py [--seconds 60]
+Run: .venv/bin/python tests/benchmarks/bench_dqn.py [--seconds 40] [--quick] [--runners 1,2,4]
 """
 
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
+import signal
+import subprocess
+import sys
+import tempfile
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rllib_loops import sampling_rate, training_rate
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ENV = "ALE/Pong-v5"
 NUM_ENVS = 4
 LEARNING_STARTS = 1_000
+STEPS = ("env_runners", "num_env_steps_sampled_lifetime")
+WARM = 500  # steps learned before the turns start (compilation, allocations)
+PONG = {"resources.gpus_per_learner": 0, "agent.optimizer": "adam",
+        "agent.optimizer_eps": 1e-8, "agent.lr": 1e-4, "agent.replay_capacity": 100_000,
+        "agent.learning_starts": LEARNING_STARTS, "agent.precision": "fp32"}
+LEVERS = {"rllib step": {"agent.lean_step": "false"},
+          "default memory format": {"agent.channels_last": "false"},
+          "torch.compile": {"agent.compile": "true"},
+          "bf16": {"agent.precision": "bf16"}}
+CARTPOLE = {"agent.prioritized_replay": "false", "agent.dueling": "false",
+            "agent.double_q": "false", "agent.learning_starts": LEARNING_STARTS}
+
+
+class Counter:
+    """Two float64 slots in a shared file: env steps so far, and ms per update."""
+
+    def __init__(self, path: str):
+        self.file = open(path, "r+b")
+        self.map = mmap.mmap(self.file.fileno(), 16)
+
+    def write(self, steps: float, update_ms: float = 0.0) -> None:
+        self.map[:16] = np.array([steps, update_ms], np.float64).tobytes()
+
+    def read(self) -> tuple[float, float]:
+        steps, update_ms = np.frombuffer(self.map[:16], np.float64)
+        return float(steps), float(update_ms)
 
 
 def nature_cnn(actions: int) -> torch.nn.Module:
@@ -41,128 +78,328 @@ def nature_cnn(actions: int) -> torch.nn.Module:
         torch.nn.Linear(3136, 512), torch.nn.ReLU(), torch.nn.Linear(512, actions))
 
 
-def raw_sampling(seconds: float) -> float:
-    """ale-py's vector env, frames stacked in C++, a greedy forward per vector step."""
-    import ale_py
-
-    env = ale_py.AtariVectorEnv(game="pong", num_envs=NUM_ENVS, stack_num=4, noop_max=30,
-                                episodic_life=True, reward_clipping=True, use_fire_reset=True)
-    q = nature_cnn(env.single_action_space.n)
-    obs, _ = env.reset(seed=0)
-    steps, start = 0, time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        with torch.no_grad():
-            actions = q(torch.as_tensor(obs).float() / 255.0).argmax(1).numpy()
-        obs, *_ = env.step(actions)
-        steps += NUM_ENVS
-    env.close()
-    return steps / (time.perf_counter() - start)
+def mlp(inputs: int, actions: int) -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(inputs, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, 64), torch.nn.ReLU(),
+                               torch.nn.Linear(64, actions))
 
 
-def _spec(**overrides):
-    from trainyard.loader import load_spec
+# -- the single-file loops (children) ------------------------------------------------------
+def single_file(counter: Counter, game: str) -> None:
+    """CleanRL-style DQN: one env, a numpy replay, an update of 32 every 4 steps (Pong: stacked
+    uint8 frames, Nature CNN, Adam 1e-4; CartPole: a 64-64 MLP, Adam 5e-4), target network,
+    Huber loss. Runs until killed."""
+    import gymnasium as gym
 
-    options = {"resources.gpus_per_learner": 0, "agent.optimizer": "adam",
-               "agent.optimizer_eps": 1e-8, "agent.lr": 1e-4, "agent.replay_capacity": 100_000,
-               "agent.learning_starts": LEARNING_STARTS, **overrides}
-    return load_spec(os.path.join(REPO, "agents/configs/dqn_pong.yaml"),
-                     [f"{k}={v}" for k, v in options.items()]).spec
+    if game == "pong":
+        from trainyard.agents.atari import make_single_env
+        from trainyard.agents.envs import AtariSettings
 
-
-def _algo(spec):
-    from ray.tune.registry import register_env
-
-    from trainyard.agents.envs import make_env_creator
-    from trainyard.agents.runner import _quiet_rllib, build_config
-
-    _quiet_rllib()
-    register_env(spec.agent.env, make_env_creator(spec.agent))
-    return build_config(spec, 0).build_algo()
-
-
-def trainyard_sampling(seconds: float) -> float:
-    algo = _algo(_spec(**{"agent.learning_starts": 10**9}))
-    rate = sampling_rate(algo, seconds)
-    algo.stop()
-    return rate
-
-
-def trainyard_training(seconds: float) -> float:
-    algo = _algo(_spec())
-    rate = training_rate(algo, seconds, LEARNING_STARTS)
-    algo.stop()
-    return rate
-
-
-def single_file_training(seconds: float) -> float:
-    """CleanRL-style DQN: one env, stacked uint8 frames in a numpy replay, one update of 32
-    every 4 steps, target network, Adam, Huber loss."""
-
-    from trainyard.agents.atari import make_single_env
-    from trainyard.agents.envs import AtariSettings
-
-    env = make_single_env(ENV, AtariSettings(), training=True, stack=True)
+        env = make_single_env(ENV, AtariSettings(), training=True, stack=True)
+        shape, dtype, scale, lr, target_every = (4, 84, 84), np.uint8, 255.0, 1e-4, 1_000
+        net = nature_cnn
+    else:
+        env = gym.make("CartPole-v1")
+        shape, dtype, scale, lr, target_every = (4,), np.float32, 1.0, 5e-4, 500
+        net = lambda actions: mlp(4, actions)  # noqa: E731
     actions = env.action_space.n
-    q, target = nature_cnn(actions), nature_cnn(actions)
+    q, target = net(actions), net(actions)
     target.load_state_dict(q.state_dict())
-    optimizer = torch.optim.Adam(q.parameters(), lr=1e-4)
+    optimizer = torch.optim.Adam(q.parameters(), lr=lr)
     size = 100_000
-    obs_buf = np.zeros((size, 4, 84, 84), np.uint8)
-    next_buf = np.zeros((size, 4, 84, 84), np.uint8)
-    act_buf, rew_buf, done_buf = np.zeros(size, np.int64), np.zeros(size, np.float32), \
-        np.zeros(size, np.float32)
+    obs_buf, next_buf = np.zeros((size, *shape), dtype), np.zeros((size, *shape), dtype)
+    act_buf = np.zeros(size, np.int64)
+    rew_buf, done_buf = np.zeros(size, np.float32), np.zeros(size, np.float32)
     rng = np.random.default_rng(0)
+    layout = (lambda o: np.moveaxis(o, -1, 0)) if game == "pong" else (lambda o: o)
     obs, _ = env.reset(seed=0)
-    step, start, start_step = 0, None, 0
-    while start is None or time.perf_counter() - start < seconds:
-        chw = np.moveaxis(obs, -1, 0)
+    step = 0
+    while True:
+        x = layout(obs)
         if rng.random() < max(0.1, 1 - step / 100_000):
             action = int(env.action_space.sample())
         else:
             with torch.no_grad():
-                action = int(q(torch.as_tensor(chw[None]).float() / 255.0).argmax(1)[0])
+                action = int(q(torch.as_tensor(x[None]).float() / scale).argmax(1)[0])
         next_obs, reward, terminated, truncated, _ = env.step(action)
         i = step % size
-        obs_buf[i], next_buf[i] = chw, np.moveaxis(next_obs, -1, 0)
+        obs_buf[i], next_buf[i] = x, layout(next_obs)
         act_buf[i], rew_buf[i], done_buf[i] = action, reward, float(terminated)
         obs = env.reset()[0] if terminated or truncated else next_obs
         step += 1
         if step > LEARNING_STARTS and step % 4 == 0:
             idx = rng.integers(0, min(step, size), 32)
             with torch.no_grad():
-                best = target(torch.as_tensor(next_buf[idx]).float() / 255.0).max(1).values
+                best = target(torch.as_tensor(next_buf[idx]).float() / scale).max(1).values
                 y = torch.as_tensor(rew_buf[idx]) + 0.99 * best * (1 - torch.as_tensor(
                     done_buf[idx]))
-            chosen = q(torch.as_tensor(obs_buf[idx]).float() / 255.0).gather(
+            chosen = q(torch.as_tensor(obs_buf[idx]).float() / scale).gather(
                 1, torch.as_tensor(act_buf[idx])[:, None])[:, 0]
             loss = F.smooth_l1_loss(chosen, y)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            if step % 1_000 == 0:
+            if step % target_every == 0:
                 target.load_state_dict(q.state_dict())
-        if step == LEARNING_STARTS + 500:
-            start, start_step = time.perf_counter(), step
+        if step >= LEARNING_STARTS + WARM:
+            counter.write(step)
+
+
+def trainyard(counter: Counter, game: str, overrides: dict) -> None:
+    """trainyard's DQN from the shipped config with `overrides`, `algo.train()` until killed."""
+    import ray
+    from ray.tune.registry import register_env
+
+    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.runner import _quiet_rllib, build_config
+    from trainyard.loader import load_spec
+
+    job = "dqn_pong.yaml" if game == "pong" else "dqn_cartpole.yaml"
+    spec = load_spec(os.path.join(REPO, "agents", "configs", job),
+                     [f"{k}={v}" for k, v in overrides.items()]).spec
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    _quiet_rllib()
+    register_env(spec.agent.env, make_env_creator(spec.agent))
+    algo = build_config(spec, 0).build_algo()
+    step = algo.training_step
+
+    def counted_step():
+        # counted after every training step (16 env steps on Pong), not every iteration
+        # (RLlib runs training steps for seconds per `train()`: too coarse for 2 s turns)
+        out = step()
+        steps = algo.metrics.peek(STEPS, default=0)
+        if steps >= LEARNING_STARTS + WARM:
+            counter.write(steps)
+        return out
+
+    algo.training_step = counted_step
+    while True:
+        algo.train()
+
+
+# -- turns (parent) ------------------------------------------------------------------------
+class Child:
+    def __init__(self, *args: str):
+        handle, self.path = tempfile.mkstemp(prefix="bench_dqn_")
+        os.write(handle, bytes(16))
+        os.close(handle)
+        env = {**os.environ, "OMP_NUM_THREADS": "2", "RAY_AUTH_MODE": "disabled"}
+        self.proc = subprocess.Popen([sys.executable, __file__, "--child", self.path, *args],
+                                     env=env, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL, start_new_session=True)
+        self.counter = Counter(self.path)
+        self.steps = self.seconds = 0.0
+
+    def ready(self) -> bool:
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"benchmark child {self.proc.args[3:]} exited early")
+        return self.counter.read()[0] > 0
+
+    def signal(self, sig) -> None:
+        os.killpg(self.proc.pid, sig)  # the child and its Ray processes
+
+    def turn(self, window: float) -> None:
+        before = self.counter.read()[0]
+        self.signal(signal.SIGCONT)
+        began = time.perf_counter()
+        time.sleep(window)
+        self.signal(signal.SIGSTOP)
+        self.seconds += time.perf_counter() - began
+        self.steps += self.counter.read()[0] - before
+
+    def rate(self) -> float:
+        return self.steps / max(self.seconds, 1e-9)
+
+    def close(self) -> None:
+        self.signal(signal.SIGKILL)
+        self.proc.wait()
+        os.unlink(self.path)
+
+
+def turns(a: Child, b: Child, seconds: float, window: float) -> tuple[float, float]:
+    """Both warm up side by side; then they take turns, each `seconds` in all."""
+    while not (a.ready() and b.ready()):
+        time.sleep(1)
+    a.signal(signal.SIGSTOP)
+    b.signal(signal.SIGSTOP)
+    while a.seconds < seconds:
+        a.turn(window)
+        b.turn(window)
+    return a.rate(), b.rate()
+
+
+def update_times(rounds: int = 8, block: int = 10) -> dict[str, float]:
+    """Median ms per Pong update (batch 32, random frames) of the single-file update and of
+    trainyard's learner with each kernel lever, interleaved in blocks in this one process so
+    that all see the same minutes."""
+    import gymnasium as gym
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from trainyard.agents.lean_dqn import LeanUpdate
+    from trainyard.agents.runner import build_config
+    from trainyard.loader import load_spec
+
+    frames = torch.randint(0, 256, (2, 32, 4, 84, 84), dtype=torch.uint8)
+    actions = torch.randint(0, 6, (32,))
+    q, target = nature_cnn(6), nature_cnn(6)
+    optimizer = torch.optim.Adam(q.parameters(), lr=1e-4)
+
+    def plain() -> None:
+        with torch.no_grad():
+            y = 0.99 * target(frames[1].float() / 255.0).max(1).values
+        chosen = q(frames[0].float() / 255.0).gather(1, actions[:, None])[:, 0]
+        loss = F.smooth_l1_loss(chosen, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    batch = {"obs": frames[0].permute(0, 2, 3, 1), "next_obs": frames[1].permute(0, 2, 3, 1),
+             "actions": actions, "rewards": torch.zeros(32), "discounts": torch.full((32,), .99)}
+    variants = {"single-file": plain}
+    for name, change in {"trainyard": {}, **LEVERS}.items():
+        if name == "rllib step":
+            continue  # a training-step lever, not a kernel one
+        spec = load_spec(os.path.join(REPO, "agents/configs/dqn_pong.yaml"),
+                         [f"{k}={v}" for k, v in {**PONG, **change}.items()]).spec
+        config = build_config(spec, 0)
+        learner = config.build_learner(spaces={DEFAULT_MODULE_ID: (
+            gym.spaces.Box(0, 255, (84, 84, 4), np.uint8), gym.spaces.Discrete(6))})
+        update = LeanUpdate(learner, config)
+        began = time.perf_counter()
+        update(batch, 0)  # compiles, where asked
+        if name == "torch.compile":
+            variants["compile seconds"] = time.perf_counter() - began
+        variants[name] = lambda update=update: update(batch, 0)
+    compile_s = variants.pop("compile seconds", 0.0)
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, run in variants.items():
+            began = time.perf_counter()
+            for _ in range(block):
+                run()
+            times[name].append(1000 * (time.perf_counter() - began) / block)
+    return {**{name: float(np.median(t)) for name, t in times.items()},
+            "compile seconds": compile_s}
+
+
+def sampling(seconds: float, window: float) -> tuple[float, float]:
+    """Env steps/s of a raw loop over ale-py's vector env (frames stacked in C++, a greedy
+    forward per vector step) and of trainyard's env runner (single frames, the stacking
+    connector, RLlib's episodes, a greedy forward per vector step), both in this process,
+    taking turns in `window`-second slices until each has had `seconds`."""
+    import ale_py
+    import ray
+    from ray.tune.registry import register_env
+
+    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.runner import _quiet_rllib, build_config
+    from trainyard.loader import load_spec
+
+    env = ale_py.AtariVectorEnv(game="pong", num_envs=NUM_ENVS, stack_num=4, noop_max=30,
+                                episodic_life=True, reward_clipping=True, use_fire_reset=True)
+    q = nature_cnn(env.single_action_space.n)
+    state = {"obs": env.reset(seed=0)[0]}
+
+    def raw_slice(until: float) -> int:
+        steps = 0
+        while time.perf_counter() < until:
+            with torch.inference_mode():
+                actions = q(torch.as_tensor(state["obs"]).float() / 255.0).argmax(1).numpy()
+            state["obs"], *_ = env.step(actions)
+            steps += NUM_ENVS
+        return steps
+
+    # greedy, as the raw loop: every acting step runs the network (with epsilon near 1
+    # trainyard's acting skips it for the exploring games)
+    spec = load_spec(os.path.join(REPO, "agents/configs/dqn_pong.yaml"),
+                     [f"{k}={v}" for k, v in {**PONG, "agent.learning_starts": 10**9,
+                                              "agent.epsilon_start": 0.0,
+                                              "agent.epsilon_end": 0.0}.items()]).spec
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    _quiet_rllib()
+    register_env(spec.agent.env, make_env_creator(spec.agent))
+    algo = build_config(spec, 0).build_algo()
+    runner = algo.env_runner
+
+    def trainyard_slice(until: float) -> int:
+        steps = 0
+        while time.perf_counter() < until:
+            steps += sum(len(e) for e in runner.sample(num_timesteps=100, explore=True))
+        return steps
+
+    raw_slice(time.perf_counter() + 1.0)  # warm-up
+    trainyard_slice(time.perf_counter() + 1.0)
+    totals = {"raw": [0, 0.0], "trainyard": [0, 0.0]}
+    while totals["raw"][1] < seconds:
+        for name, run in (("raw", raw_slice), ("trainyard", trainyard_slice)):
+            began = time.perf_counter()
+            totals[name][0] += run(began + window)
+            totals[name][1] += time.perf_counter() - began
     env.close()
-    return (step - start_step) / (time.perf_counter() - start)
+    algo.stop()
+    ray.shutdown()
+    return tuple(steps / took for steps, took in (totals["raw"], totals["trainyard"]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--seconds", type=float, default=60.0)
-    seconds = parser.parse_args().seconds
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    parser.add_argument("--seconds", type=float, default=40.0,
+                        help="seconds of turns each side gets per pairing")
+    parser.add_argument("--window", type=float, default=2.0, help="seconds per turn")
+    parser.add_argument("--quick", action="store_true", help="no lever pairings")
+    parser.add_argument("--runners", type=lambda v: [int(n) for n in v.split(",")], default=[],
+                        help="also pair remote-runner runs: sync with 1 runner, then async "
+                        "sampling with each of these counts (e.g. 1,2,4)")
+    parser.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
+    args = parser.parse_args()
     torch.set_num_threads(2)
-    import ray
+    if args.child:
+        path, kind, game, *pairs = args.child
+        counter = Counter(path)
+        if kind == "single":
+            single_file(counter, game)
+        else:
+            trainyard(counter, game, dict(p.split("=", 1) for p in pairs))
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    raw, ours = sampling(args.seconds / 2, args.window)
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    raw = raw_sampling(seconds / 3)
-    ours = trainyard_sampling(seconds / 3)
-    plain = single_file_training(seconds)
-    trained = trainyard_training(seconds)
-    print(f"pong dqn: sampling trainyard {ours:,.0f}/s vs raw ALE {raw:,.0f}/s "
-          f"({ours / raw:.2f}x) | training trainyard {trained:,.0f}/s vs single-file "
-          f"{plain:,.0f}/s ({trained / plain:.2f}x)")
+    def pair(game: str, overrides: dict) -> tuple[float, float]:
+        plain = Child("single", game)
+        ty = Child("trainyard", game, *(f"{k}={v}" for k, v in overrides.items()))
+        try:
+            plain_rate, ty_rate = turns(plain, ty, args.seconds, args.window)
+            return ty_rate, plain_rate
+        finally:
+            plain.close()
+            ty.close()
+
+    ms = update_times()
+    ty, plain = pair("pong", PONG)
+    line = (f"dqn: pong sampling {ours / raw:.2f}x raw ALE ({ours:,.0f} vs {raw:,.0f}/s) | "
+            f"pong training {ty / plain:.2f}x single-file (trainyard {ty:,.0f}/s vs "
+            f"{plain:,.0f}/s) | ms/update: " + ", ".join(
+                f"{name} {value:.1f}" for name, value in ms.items() if name != "compile "
+                "seconds") + f" (compile {ms['compile seconds']:.0f} s)")
+    if not args.quick:
+        levers = []
+        for name, change in LEVERS.items():
+            if name != "bf16" or ms["bf16"] < ms["trainyard"]:  # (emulated bf16: skip)
+                lever, lever_plain = pair("pong", {**PONG, **change})
+                levers.append(f"{name} {lever / lever_plain:.2f}x")
+        line += " | training with one lever changed: " + ", ".join(levers)
+    cart, cart_plain = pair("cartpole", CARTPOLE)
+    line += (f" | cartpole training {cart / cart_plain:.2f}x single-file ({cart:,.0f} vs "
+             f"{cart_plain:,.0f}/s)")
+    if args.runners:
+        runs = []
+        for label, change in [("sync 1 runner", {"resources.env_runners": 1})] + [
+                (f"async {n}", {"resources.env_runners": n, "agent.async_sampling": "true"})
+                for n in args.runners]:
+            ours, theirs = pair("pong", {**PONG, **change})
+            runs.append(f"{label} {ours / theirs:.2f}x ({ours:,.0f}/s)")
+        line += " | remote runners: " + ", ".join(runs)
+    print(line, flush=True)
 
 
 if __name__ == "__main__":
