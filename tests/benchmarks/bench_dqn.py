@@ -18,8 +18,12 @@ Each pairing runs as two processes that take turns in `--window`-second slices, 
 frozen (SIGSTOP), after both have learned for 500 steps: this VM's speed drifts by tens of
 percent over minutes, and turns put both sides in the same minutes. Prints one line:
 
-    dqn: pong sampling 0.95x raw ALE | pong training 1.25x single-file (trainyard 95/s vs
-    76/s, 31 vs 40 ms/update) | levers off: rllib step 0.80x, ... | cartpole 0.60x ...
+    dqn: pong sampling 0.79x raw ALE (...) | pong training 1.13x single-file (trainyard
+    123/s vs 109/s) | ms/update: ... | training with one lever changed: rllib step 0.70x, ...
+    | cartpole training 0.31x single-file (...)
+
+and with --runners a second line, grown after each remote-runner pairing (sync with one
+runner, then async sampling with each count).
 
 Run: .venv/bin/python tests/benchmarks/bench_dqn.py [--seconds 40] [--quick] [--runners 1,2,4]
 """
@@ -157,7 +161,10 @@ def trainyard(counter: Counter, game: str, overrides: dict) -> None:
     job = "dqn_pong.yaml" if game == "pong" else "dqn_cartpole.yaml"
     spec = load_spec(os.path.join(REPO, "agents", "configs", job),
                      [f"{k}={v}" for k, v in overrides.items()]).spec
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    # a logical CPU per remote runner and one for the driver: 4 runners take turns on the 2
+    # cores rather than wait forever for CPUs Ray would not hand out
+    ray.init(num_cpus=max(2, 1 + spec.resources.env_runners), include_dashboard=False,
+             logging_level="ERROR")
     _quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))
     algo = build_config(spec, 0).build_algo()
@@ -391,6 +398,7 @@ def main() -> None:
     cart, cart_plain = pair("cartpole", CARTPOLE)
     line += (f" | cartpole training {cart / cart_plain:.2f}x single-file ({cart:,.0f} vs "
              f"{cart_plain:,.0f}/s)")
+    print(line, flush=True)
     if args.runners:
         runs = []
         for label, change in [("sync 1 runner", {"resources.env_runners": 1})] + [
@@ -398,8 +406,8 @@ def main() -> None:
                 for n in args.runners]:
             ours, theirs = pair("pong", {**PONG, **change})
             runs.append(f"{label} {ours / theirs:.2f}x ({ours:,.0f}/s)")
-        line += " | remote runners: " + ", ".join(runs)
-    print(line, flush=True)
+            print("dqn: pong training with remote runners against single-file: "
+                  + ", ".join(runs), flush=True)
 
 
 if __name__ == "__main__":
