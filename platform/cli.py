@@ -25,12 +25,14 @@ from collections.abc import Sequence
 from trainyard.loader import SpecError, dump_spec, load_spec
 from trainyard.workloads import get_workload
 
-BAD_INPUT, NO_RESOURCES, INTERRUPTED = 2, 3, 130
+FAILED, BAD_INPUT, NO_RESOURCES, INTERRUPTED = 1, 2, 3, 130
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainyard", description="Train the job a YAML file describes, on Ray, into MLflow.")
+    parser.add_argument("--verbose", action="store_true",
+                        help="print the whole traceback when training fails")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_args(p: argparse.ArgumentParser) -> None:
@@ -385,6 +387,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(err), NO_RESOURCES)
         if isinstance(err, (SubmitError, UserInputError)):
             return _fail(str(err), BAD_INPUT)
+        if isinstance(err, runs.RunFailed):
+            if args.verbose:
+                import traceback
+
+                traceback.print_exception(err.__cause__, file=sys.stderr)
+            return _fail(str(err), FAILED)
         raise
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -106,9 +107,36 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
         print(f"\n[{label}] interrupted; continue it with: trainyard resume {ctx.run.run_id}",
               file=sys.stderr, flush=True)
         raise
+    except Exception as err:
+        from trainyard.spec import UserInputError
+
+        if isinstance(err, UserInputError):  # the user's to fix: the CLI says so, exit 2
+            raise
+        # the whole traceback stays with the run; the terminal gets one line (RunFailed)
+        tracking.log_text(ctx.run, traceback.format_exc(), "logs/traceback.txt")
+        raise RunFailed.of(label, ctx.run.run_id, err) from err
     finally:
         tracking.close_run(ctx.run, status, curves_of=curve_keys(ctx.run))
     return RunOutcome(ctx.run.run_id, label, status, metrics, time.monotonic() - start)
+
+
+class RunFailed(RuntimeError):
+    """Training raised: the MLflow run is FAILED and holds the traceback (logs/traceback.txt).
+    The CLI prints `str(self)`, one line, and exits with 1."""
+
+    def __init__(self, message: str, run_id: str = ""):
+        super().__init__(message)
+        self.run_id = run_id
+
+    def __reduce__(self):  # (pickled across Ray with its own arguments)
+        return RunFailed, (str(self), self.run_id)
+
+    @classmethod
+    def of(cls, label: str, run_id: str, error: BaseException) -> "RunFailed":
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        return cls(f"run {label} (MLflow run {run_id}) failed: {type(error).__name__}"
+                   f"{': ' + first if first else ''}; the traceback is the run's artifact "
+                   "logs/traceback.txt (or rerun with --verbose)", run_id)
 
 
 def curve_keys(ref: RunRef) -> list[str]:
