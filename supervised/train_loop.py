@@ -90,6 +90,11 @@ def _all_sum(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def _rank0_decides(flag: bool, rank: int, device: torch.device) -> bool:
+    """Rank 0's value of `flag`, on every rank (one all-reduce; as is on a single worker)."""
+    return _all_sum([float(flag and rank == 0)], device)[0] > 0
+
+
 def train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision) -> dict:
     """One pass (or `train.steps_per_epoch` optimizer steps); returns summed-over-ranks stats."""
     autocast, scaler = precision
@@ -214,7 +219,11 @@ def train_loop(config: dict[str, Any]) -> None:
             best_model = {k: v.detach().clone() for k, v in plain.state_dict().items()}
         else:
             state["stale"] += 1
-        out_of_time = spec.stop.minutes and time.monotonic() - started > 60 * spec.stop.minutes
+        # rank 0's clock decides for all: ranks that disagreed at the boundary would leave
+        # one waiting in the next epoch's all-reduce for a peer that had stopped
+        out_of_time = _rank0_decides(
+            bool(spec.stop.minutes) and time.monotonic() - started > 60 * spec.stop.minutes,
+            rank, device)
         patience_out = spec.stop.patience and state["stale"] >= spec.stop.patience
         last = epoch == spec.stop.epochs or bool(out_of_time) or bool(patience_out)
         if rank == 0:

@@ -90,3 +90,17 @@ def test_one_mlflow_run_per_seed_named_by_seed(workdir, store_uri):
     # the seed fixes the split and the initialisation: the two runs differ
     first, second = (by_name[n].data.metrics["val/loss"] for n in sorted(by_name))
     assert first != second
+
+
+@pytest.mark.slow
+def test_a_time_budget_ends_every_ddp_rank_at_the_same_epoch(workdir, store_uri):
+    """stop.minutes is decided on rank 0 and shared: with a budget shorter than an epoch, both
+    DDP workers stop after the first epoch together and the run finishes (ranks that decided
+    apart would leave one waiting in an all-reduce)."""
+    assert main(["run", str(DIGITS), "-o", "stop.epochs=50", "-o", "stop.minutes=0.001",
+                 "-o", "tracking.experiment=budget", "-o", "tracking.system_metrics=false"]) == 0
+    client, run = _only_run(store_uri, "budget")
+    assert run.info.status == "FINISHED"
+    assert run.data.params["resources.workers"] == "2"
+    epochs = client.get_metric_history(run.info.run_id, "val/accuracy")
+    assert len(epochs) == 1 and "test/accuracy" in run.data.metrics
