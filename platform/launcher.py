@@ -13,8 +13,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-# Ray prints a token-authentication notice on every local start; a local session needs none.
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 # Ray Train's controller polls its workers every 2 s, and a worker's `ray.train.report` waits
 # for the poll that takes its previous report: with short epochs (the digits demo: 0.3 s) the
 # wait was 85% of the run. Polling is not free on a small machine, though: every poll wakes
@@ -90,6 +88,13 @@ def ray_session(address: str | None = None, cpus: int | None = None,
             if name not in os.environ:
                 env_vars[name] = "0"
         kwargs["runtime_env"] = {"env_vars": env_vars}
+    # An embedded session on this machine needs no token authentication (Ray would turn it on
+    # and print a notice on every start); a cluster keeps whatever the user's environment says
+    # (RAY_AUTH_MODE, or a token Ray finds by itself), so this is set for local starts only
+    # and put back when the session ends.
+    auth_before = os.environ.get("RAY_AUTH_MODE")
+    if not address and auth_before is None:
+        os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         ray.init(**kwargs)
     finally:
@@ -99,6 +104,8 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         yield dict(ray.cluster_resources())
     finally:
         ray.shutdown()
+        if auth_before is None:  # (Ray may also have written it)
+            os.environ.pop("RAY_AUTH_MODE", None)
 
 
 def require_resources(demand: dict[str, float], timeout_s: float = 30.0,

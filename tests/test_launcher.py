@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 
 from conftest import DIGITS
@@ -102,3 +103,18 @@ def test_local_session_runs_ray_train_without_the_services_a_cluster_needs(workd
     with ray_session(cpus=1):
         seen = ray.get(settings.remote())
     assert seen == {**{name: "0" for name in names}, "RAY_TRAIN_METRICS_ENABLED": "1"}
+
+
+def test_token_auth_is_turned_off_only_for_embedded_sessions():
+    """Importing trainyard leaves Ray's authentication alone, so `--address` to a cluster with
+    token auth (RAY_AUTH_MODE unset, a token Ray finds by itself) keeps it; only an embedded
+    local session turns it off, and puts the variable back when it ends."""
+    import subprocess
+    import sys
+
+    code = ("import os; os.environ.pop('RAY_AUTH_MODE', None); import trainyard.cli, "
+            "trainyard.launcher, trainyard.runs; print(os.environ.get('RAY_AUTH_MODE'))")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "None"
