@@ -1,14 +1,15 @@
-"""DQN's loss in one function, and the lean training step that feeds it (Atari).
+"""DQN's loss in one function, and the lean training step that feeds it.
 
 `dqn_loss` is the whole of DQN's learning rule, top to bottom, as a single-file DQN writes
 it. `LeanDQN` is RLlib's DQN algorithm with its own `training_step`: the env runner samples
-as before (RLlib's episodes, connectors and exploration), the frames go into a preallocated
-uint8 replay (`trainyard.agents.frame_replay`), and each update goes replay -> tensors ->
-`dqn_loss` -> the learner's gradient step, without RLlib's per-update episode-to-batch learner
-connectors and metrics (`Learner.update`). The gradient step itself is still the learner's
-(`compute_gradients`, gradient clipping by global norm, the optimizer, the target-network
-sync by env steps), so the math is RLlib's DQN: tests/agents/test_lean_dqn.py checks loss
-and gradients against RLlib's own learner on one batch.
+as before (RLlib's episodes, connectors and exploration), the observations go into a
+preallocated replay (`trainyard.agents.frame_replay`; Atari frames once each, as uint8), and
+each update goes replay -> tensors -> `dqn_loss` -> the learner's gradient step, without
+RLlib's per-update episode-to-batch learner connectors and metrics (`Learner.update`). The
+gradient step itself is still the learner's (`compute_gradients`, gradient clipping by
+global norm, the optimizer, the target-network sync by env steps), so the math is RLlib's
+DQN: tests/agents/test_lean_dqn.py checks loss and gradients against RLlib's own learner on
+one batch.
 
 Updates are granted per sampled env step (`training_intensity` transitions replayed per
 step sampled), and the acting module gets the learner's weights every `sync_every` updates
@@ -24,8 +25,6 @@ chunk older than in the synchronous loop.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +50,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from trainyard.agents import rllib_private
+from trainyard.agents.learner import bf16_autocast
 
 
 def dqn_loss(q: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.Tensor | None,
@@ -77,29 +77,20 @@ def dqn_loss(q: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.
     return loss, (chosen - target).abs().detach(), chosen.detach()
 
 
-def autocast(device: torch.device, bf16: bool):
-    """bf16 autocast for the network's forward passes (where `agent.precision` resolved to
-    bf16); the loss, TD targets and optimizer state stay fp32."""
-    if not bf16:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16)
-
-
 class LeanUpdate:
     """One gradient update of the learner's Q-module from a replayed batch of tensors."""
 
     def __init__(self, learner, config, module_id=DEFAULT_MODULE_ID):
         self.learner, self.config, self.module_id = learner, config, module_id
         self.module = learner.module[module_id].unwrapped()
-        settings = config.learner_config_dict
-        self.bf16 = settings.get("precision") == "bf16"
-        self.value_bound = settings.get("value_bound")
+        self.value_bound = config.learner_config_dict.get("value_bound")
         self.device = next(self.module.parameters()).device
 
     def losses(self, batch: dict[str, torch.Tensor]):
         """Forward passes and `dqn_loss`, no gradient step (tests compare this to RLlib)."""
         module = self.module
-        with autocast(self.device, self.bf16):
+        # bf16 where the learner resolved `agent.precision` (auto included) to it
+        with bf16_autocast(module):
             q = module.compute_q_values({Columns.OBS: batch["obs"]})[QF_PREDS]
             with torch.no_grad():
                 next_obs = {Columns.OBS: batch["next_obs"]}
@@ -127,7 +118,7 @@ class LeanDQN(DQN):
     """RLlib's DQN with trainyard's lean training step (see the module's docstring).
 
     Reads from `config.learner_config_dict`: `lean_replay` (FrameReplay's arguments),
-    `sync_every` (updates between weight copies to the acting module)."""
+    `sync_every` (updates between weight copies to the acting module), `async_sampling`."""
 
     def setup(self, config) -> None:
         super().setup(config)

@@ -23,6 +23,7 @@ double-Q training forward our DQN modules share (`LeanDoubleQ`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import numpy as np
@@ -61,8 +62,7 @@ class LeanDoubleQ:
     def _forward_train(self, batch):
         if not self.trainyard_bf16:
             return self._lean_forward_train(batch)
-        device = next(self.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16):
+        with bf16_autocast(self):
             output = self._lean_forward_train(batch)
         # the loss and TD targets are computed in fp32 from here
         return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v
@@ -78,6 +78,15 @@ class LeanDoubleQ:
         output[QF_TARGET_NEXT_PREDS] = self.forward_target(
             {Columns.OBS: batch[Columns.NEXT_OBS]})[QF_PREDS]
         return output
+
+
+def bf16_autocast(module: torch.nn.Module):
+    """bf16 autocast for a Q-module's forward passes where the learner resolved
+    `agent.precision` to bf16 for it (`trainyard_bf16`, set in `DQNLearner.build`); a no-op
+    otherwise. Callers compute TD targets and the loss in fp32 from its outputs."""
+    if not getattr(module, "trainyard_bf16", False):
+        return contextlib.nullcontext()
+    return torch.autocast(next(module.parameters()).device.type, dtype=torch.bfloat16)
 
 
 def native_bf16(device: torch.device) -> bool:

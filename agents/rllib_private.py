@@ -1,8 +1,9 @@
 """Every private RLlib attribute trainyard touches, in one place.
 
 RLlib 2.60 has no public accessor for these; when a Ray upgrade moves one, the test in
-tests/agents/test_rllib_private.py fails with the name of what moved, instead of a run
-failing somewhere deep in a training step.
+tests/agents/test_lean_dqn.py (test_private_rllib_attributes_are_where_trainyard_reads_them)
+fails with the name of what moved, instead of a run failing somewhere deep in a training
+step.
 """
 
 from __future__ import annotations

@@ -71,6 +71,40 @@ def test_frame_replay_stacks_frames_and_sums_n_step_returns_like_the_episodes():
                     | {(3, t) for t in range(9 - n + 1)})
 
 
+def test_precision_auto_reaches_the_lean_update_as_the_learner_resolved_it(monkeypatch):
+    """`precision: auto` on hardware with native bf16: the learner's decision (not the spec's
+    literal "auto") sets the lean update's autocast, so its loss is bf16-rounded, close to
+    fp32's but not equal; on this CPU's real answer (no native bf16) it stays fp32."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from trainyard.agents import learner as learner_module
+    from trainyard.agents.runner import build_config
+    from trainyard.agents.spec import RLJob
+
+    frames = torch.randint(0, 256, (2, 8, 84, 84, 4), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    batch = {"obs": frames[0], "next_obs": frames[1], "actions": torch.arange(8) % 6,
+             "rewards": torch.ones(8), "discounts": torch.full((8,), 0.9)}
+
+    def lean_loss(precision: str, native: bool) -> float:
+        monkeypatch.setattr(learner_module, "native_bf16", lambda device: native)
+        spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
+            "env": "ALE/Pong-v5", "hidden": [32], "conv_filters": [[8, 8, 4], [8, 4, 2]],
+            "precision": precision}})
+        config = build_config(spec, 0)
+        torch.manual_seed(0)
+        learner = config.build_learner(spaces={DEFAULT_MODULE_ID: (
+            gym.spaces.Box(0, 255, (84, 84, 4), np.uint8), gym.spaces.Discrete(6))})
+        bf16 = precision == "bf16" or (precision == "auto" and native)
+        assert learner.precision == ("bf16" if bf16 else "fp32")
+        return LeanUpdate(learner, config).losses(batch)[0].item()
+
+    fp32 = lean_loss("fp32", native=True)
+    assert lean_loss("auto", native=False) == fp32
+    auto = lean_loss("auto", native=True)
+    assert auto != fp32 and auto == pytest.approx(fp32, rel=0.05)
+
+
 def test_replay_of_vector_observations_returns_them_unstacked():
     """CartPole-like episodes (float vectors, num_frames 1): obs and next_obs are the
     episode's own observations t and t + n."""
