@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainyard.spec import UserInputError
+from trainyard.spec import UserInputError, one_line
 
 STATE_FILE = "state.pt"
 
@@ -61,10 +61,10 @@ def load_state(folder: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as err:
         # torch's message runs to a dozen lines of advice to load with weights_only=False,
         # which is exactly what must not happen here: keep its first line.
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise UnsafeCheckpointError(
             f"checkpoint file {path} cannot be read safely as plain tensors and data (it holds "
-            f"other pickled objects, or is damaged): {first}; trainyard refuses it") from None
+            f"other pickled objects, or is damaged): {one_line(err)}; trainyard refuses it"
+        ) from None
 
 
 # Folders of checkpoints that the training loop manages itself (RLlib algorithms): each is
@@ -180,8 +180,8 @@ def vet_msgpack(path: str | Path) -> None:
         raise
     except Exception as err:  # noqa: BLE001 (msgpack raises several unrelated types)
         raise UnsafeCheckpointError(
-            f"checkpoint file {path} is not valid msgpack ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}); trainyard refuses it") from None
+            f"checkpoint file {path} is not valid msgpack ({one_line(err)}); trainyard "
+            "refuses it") from None
 
 
 def _has_object(descr: Any) -> bool:

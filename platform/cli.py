@@ -216,7 +216,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         if not args.trust_sweep_state:  # before Ray starts: a refusal should be quick
             seal.verify(sweep.tune_folder(ref, info))
         with launcher.ray_session(args.address, spec.resources.cpus, None):
-            return sweep.resume_sweep(loaded, ref, info, args.trust_sweep_state)
+            return sweep.resume_sweep(loaded, ref, info)
     if info["tags"].get("trainyard.sweep_id"):
         return _fail(f"run {args.run_id} is a trial of sweep {info['tags']['trainyard.sweep_id']}"
                      f"; resume the sweep: trainyard resume {info['tags']['trainyard.sweep_id']}",

@@ -18,7 +18,7 @@ from typing import Any
 from trainyard import tracking
 from trainyard.loader import LoadedSpec, dump_spec, validate_data
 from trainyard.progress import ProgressChannel, ProgressPrinter
-from trainyard.spec import JobBase, flatten
+from trainyard.spec import JobBase, flatten, one_line
 from trainyard.tracking import TAG, RunRef
 from trainyard.workloads import get_workload
 
@@ -133,10 +133,9 @@ class RunFailed(RuntimeError):
 
     @classmethod
     def of(cls, label: str, run_id: str, error: BaseException) -> "RunFailed":
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        return cls(f"run {label} (MLflow run {run_id}) failed: {type(error).__name__}"
-                   f"{': ' + first if first else ''}; the traceback is the run's artifact "
-                   "logs/traceback.txt (or rerun with --verbose)", run_id)
+        return cls(f"run {label} (MLflow run {run_id}) failed: {one_line(error)}; the "
+                   "traceback is the run's artifact logs/traceback.txt (or rerun with "
+                   "--verbose)", run_id)
 
 
 def curve_keys(ref: RunRef) -> list[str]:

@@ -21,6 +21,14 @@ class UserInputError(ValueError):
     found while the job runs. The CLI prints its message and exits with code 2."""
 
 
+def one_line(error: BaseException) -> str:
+    """`Type: first line of the message` (or the type alone): an error as the CLI's one-line
+    reports quote it, where the library's own message may run to many lines."""
+    message = str(error).strip()
+    return f"{type(error).__name__}: {message.splitlines()[0]}" if message \
+        else type(error).__name__
+
+
 _SUFFIXES = {"k": 1_000, "m": 1_000_000, "b": 1_000_000_000}
 
 

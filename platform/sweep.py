@@ -400,14 +400,11 @@ def tune_folder(parent: RunRef, info: dict) -> str:
     return _join(info["tags"][f"{TAG}storage_path"], parent.run_id)
 
 
-def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict,
-                 trust_state: bool = False) -> int:
+def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict) -> int:
     """Continue an interrupted sweep from Tune's saved state, into the same parent run. Tune
-    unpickles that state: it must carry this user's seal (trainyard.seal) unless
-    `trust_state`."""
+    unpickles that state: the caller checks its seal first (`trainyard resume` does, with
+    `seal.verify(tune_folder(...))`, before Ray starts)."""
     from ray import tune
-
-    from trainyard import seal
 
     spec = loaded.spec
     storage = info["tags"][f"{TAG}storage_path"]
@@ -415,8 +412,6 @@ def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict,
     if not tune.Tuner.can_restore(path):  # (looks for tuner.pkl; reads nothing)
         raise UserInputError(f"sweep {parent.run_id} has no saved Tune state in {path}; "
                              "start it again with trainyard sweep")
-    if not trust_state:
-        seal.verify(path)
     experiment = spec.tracking.experiment or spec.name
     setup = _setup(spec, parent.uri, experiment, parent, storage)
     tracking.reopen_run(parent)
