@@ -92,6 +92,7 @@ def build_config(spec: "RLJob", seed: int):
                      num_envs_per_env_runner=res.envs_per_env_runner,
                      num_cpus_per_env_runner=res.cpus_per_env_runner,
                      num_gpus_per_env_runner=res.gpus_per_env_runner,
+                     custom_resources_per_env_runner=res.custom,
                      rollout_fragment_length=agent.rollout_fragment_length,
                      sample_timeout_s=faults.sample_timeout_s)
         .fault_tolerance(restart_failed_env_runners=faults.restart_failed_env_runners,
@@ -344,6 +345,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     register_env(spec.agent.env, make_env_creator(spec.agent))  # for remote env runners too
     algo = build_config(spec, ctx.seed).build_algo()
     _tag_kernels(algo, spec, ctx)
+    _tag_nodes(algo, ctx)
     league = _league(spec, ctx.seed)
     progress = (_restore(algo, ctx, root, league)
                 or {"iteration": 0, "env_steps": 0, "seconds": 0.0})
@@ -353,7 +355,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     started, last_time, last_steps = time.monotonic(), time.monotonic(), progress["env_steps"]
     metrics: dict[str, float] = {}
     evaluator = _Evaluator(spec, ctx)
-    faults = _FaultRecorder(ctx) if spec.resources.env_runners else None
+    faults = _FaultRecorder(ctx, algo) if spec.resources.env_runners else None
     if faults is not None and spec.fault_tolerance.hang_timeout_s:
         faults.watchdog = _HangWatchdog(algo, spec.fault_tolerance.hang_timeout_s)
     try:
@@ -419,6 +421,24 @@ def _tag_kernels(algo, spec: "RLJob", ctx: "RunContext") -> None:
                                 else "rllib"})
 
 
+def _tag_nodes(algo, ctx: "RunContext") -> None:
+    """Where the run's processes are, as Ray node ids: `trainyard.node.driver` (the algorithm,
+    and the learner when it is local) and `trainyard.node.env_runner_<i>`."""
+    import ray
+
+    def where(runner) -> tuple[int, str]:
+        import ray
+
+        return runner.worker_index, ray.get_runtime_context().get_node_id()
+
+    tags = {f"{tracking.TAG}node.driver": ray.get_runtime_context().get_node_id()}
+    if algo.env_runner_group.num_remote_env_runners():
+        for index, node in algo.env_runner_group.foreach_env_runner(
+                where, local_env_runner=False, timeout_seconds=30):
+            tags[f"{tracking.TAG}node.env_runner_{index}"] = node
+    tracking.set_tags(ctx.run, tags)
+
+
 def _league(spec: "RLJob", seed: int):
     if spec.selfplay is None:
         return None
@@ -468,8 +488,8 @@ class _FaultRecorder:
     """Turns RLlib's fault counters into `faults/*` metrics, and tags the run when an env runner
     was restarted (`trainyard.faults.env_runner_restarts`: how many times, so far)."""
 
-    def __init__(self, ctx: "RunContext"):
-        self.ctx = ctx
+    def __init__(self, ctx: "RunContext", algo):
+        self.ctx, self.algo = ctx, algo
         self.restarts = 0
         self.watchdog: _HangWatchdog | None = None
 
@@ -483,6 +503,7 @@ class _FaultRecorder:
             self.restarts = restarts
             tracking.set_tags(self.ctx.run,
                               {f"{tracking.TAG}faults.env_runner_restarts": str(restarts)})
+            _tag_nodes(self.algo, self.ctx)  # a runner may have come back on another node
         return found
 
 

@@ -321,6 +321,13 @@ class RLJob(JobBase):
                              "agent.recurrent or self-play, resources.learners: 0")
         return self
 
+    @model_validator(mode="after")
+    def _check_custom(self) -> "RLJob":
+        if self.resources.custom and self.resources.env_runners < 1:
+            raise ValueError("resources.custom is asked for by each remote env runner, and "
+                             "there are none: set resources.env_runners to 1 or more")
+        return self
+
     def resource_demand(self) -> dict[str, float]:
         res = self.resources
         demand = {"CPU": 1 + res.env_runners * res.cpus_per_env_runner + res.learners}
@@ -328,6 +335,7 @@ class RLJob(JobBase):
                 + max(res.learners, 1) * res.gpus_per_learner)
         if gpus:
             demand["GPU"] = gpus
+        demand.update({name: res.env_runners * amount for name, amount in res.custom.items()})
         return demand
 
     def driver_demand(self) -> dict[str, float]:

@@ -145,8 +145,12 @@ def _train(loaded, address, dashboard_port, start) -> int:
     from trainyard import launcher, tracking
 
     spec = loaded.spec
+    demand = spec.resource_demand()
+    if address:  # this process drives the job from outside the cluster's resource accounting
+        demand = {name: need - spec.driver_demand().get(name, 0)
+                  for name, need in demand.items()}
     with launcher.ray_session(address, spec.resources.cpus, dashboard_port):
-        launcher.require_resources(spec.resource_demand())
+        launcher.require_resources({name: need for name, need in demand.items() if need > 0})
         outcomes = start()
     headline = get_workload(spec.kind).headline_metric
     for outcome in outcomes:

@@ -63,7 +63,11 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         # GPUs are detected, never declared: declaring one that is not there would let Ray
         # schedule GPU work on a machine without one. The dashboard serves Ray's state API,
         # which Ray Train uses to watch its controller; it listens on loopback only.
-        kwargs.update(num_cpus=cpus or os.cpu_count(), include_dashboard=True,
+        # address="local": always a new Ray of our own. Without it ray.init joins whatever Ray
+        # was last started on this machine (`ray start`, another tool's cluster) and refuses
+        # our num_cpus ("When connecting to an existing cluster, num_cpus ... must not be
+        # provided"): a user's own `ray start` head broke every `trainyard run`.
+        kwargs.update(address="local", num_cpus=cpus or os.cpu_count(), include_dashboard=True,
                       dashboard_host="127.0.0.1")
         if dashboard_port:
             kwargs["dashboard_port"] = dashboard_port

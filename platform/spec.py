@@ -73,12 +73,31 @@ class Tracking(Section):
         True, description="log CPU/memory/GPU utilisation with the run (MLflow system metrics)")
 
 
+_RAY_OWN = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
 class Resources(Section):
     """What the job asks Ray for. Workloads add their worker counts."""
 
     cpus: int | None = Field(
         None, gt=0, description="logical CPUs the embedded Ray offers (default: this machine's "
         "cores); ignored when connecting to a cluster with --address")
+    custom: dict[str, float] = Field(
+        default_factory=dict,
+        description="custom Ray resources each worker (a Train worker, an env runner) asks "
+        "for, e.g. {accelerator: 1}: it runs only on nodes started with them (`ray start "
+        "--resources`, a cluster YAML's node type `resources:`)")
+
+    @field_validator("custom")
+    @classmethod
+    def _check_custom(cls, custom: dict[str, float]) -> dict[str, float]:
+        for name, amount in custom.items():
+            if name in _RAY_OWN:
+                raise ValueError(f"resources.custom.{name}: {name} is Ray's own resource; ask "
+                                 "for it with the workload's cpus_/gpus_ fields")
+            if amount <= 0:
+                raise ValueError(f"resources.custom.{name} must be > 0 (got {amount:g})")
+        return custom
 
 
 class Stop(Section):

@@ -23,6 +23,9 @@ class SupervisedResources(Resources):
     cpus_per_worker: float = Field(1.0, gt=0, description="CPUs Ray reserves for each worker")
     gpus_per_worker: float = Field(
         0.0, ge=0, description="GPUs per worker; > 0 trains on GPU (use_gpu)")
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="pack: workers share nodes where they fit (fastest all-reduce); "
+        "spread: one worker per node where possible (a node lost takes fewer ranks with it)")
 
     @property
     def use_gpu(self) -> bool:
@@ -274,6 +277,7 @@ class SupervisedJob(JobBase):
         demand = {"CPU": res.workers * res.cpus_per_worker}
         if res.gpus_per_worker:
             demand["GPU"] = res.workers * res.gpus_per_worker
+        demand.update({name: res.workers * amount for name, amount in res.custom.items()})
         return demand
 
     def driver_demand(self) -> dict[str, float]:

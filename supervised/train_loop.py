@@ -200,6 +200,7 @@ def train_loop(config: dict[str, Any]) -> None:
         state.update(saved["progress"])
         best_model = saved["best_model"]
     model = ray.train.torch.prepare_model(model)  # DDP (and device) when world > 1
+    _tag_nodes(ctx, rank, world)
     plain = model.module if hasattr(model, "module") else model
     logger = _rank0_logger(ctx, config.get("fit_id"), state["global_step"]) if rank == 0 \
         else None
@@ -247,6 +248,18 @@ def train_loop(config: dict[str, Any]) -> None:
         logger.log(final, step=state["global_step"])
         artifacts.log_run_artifacts(spec, ctx.run, plain, data, device)
     ray.train.report(final)
+
+
+def _tag_nodes(ctx, rank: int, world: int) -> None:
+    """Which Ray node each rank runs on: tags `trainyard.node.rank<k>`, written by rank 0 (a
+    restart after a lost node writes the new placement)."""
+    nodes = [ray.get_runtime_context().get_node_id()]
+    if world > 1 and dist.is_initialized():
+        mine, nodes = nodes[0], [None] * world
+        dist.all_gather_object(nodes, mine)
+    if rank == 0:
+        tracking.set_tags(ctx.run, {f"{tracking.TAG}node.rank{r}": node
+                                    for r, node in enumerate(nodes)})
 
 
 def _rank0_logger(ctx, fit_id: str | None, step: int) -> tracking.RunLogger:

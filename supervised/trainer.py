@@ -29,7 +29,7 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     from trainyard.supervised.train_loop import train_loop
 
     res = spec.resources
-    per_worker = {"CPU": res.cpus_per_worker}
+    per_worker = {"CPU": res.cpus_per_worker, **res.custom}
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
     return TorchTrainer(
@@ -37,7 +37,8 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
         train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx, "data": data,
                            "init": init, "fit_id": uuid.uuid4().hex},
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
-                                     resources_per_worker=per_worker),
+                                     resources_per_worker=per_worker,
+                                     placement_strategy=res.placement.upper()),
         run_config=RunConfig(
             name=ctx.storage_name, storage_path=ctx.storage_path,
             checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),

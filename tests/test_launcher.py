@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from conftest import DIGITS
 from trainyard.cli import main
@@ -78,6 +79,38 @@ def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir
     finally:
         other.kill()
         other.wait()
+
+
+def test_a_ray_started_with_ray_start_on_the_machine_is_left_alone(workdir):
+    """`ray start --head` (or any cluster started from Ray's cluster utilities) writes its
+    address to /tmp/ray/ray_current_cluster, and a plain `ray.init(num_cpus=...)` joins it and
+    refuses: "When connecting to an existing cluster, num_cpus and num_gpus must not be
+    provided". `trainyard run` must start its own Ray anyway."""
+    import subprocess
+    import sys
+    import tempfile
+
+    import ray
+    from ray._common.utils import get_ray_address_file, reset_ray_address
+
+    from trainyard.launcher import ray_session
+
+    temp = tempfile.mkdtemp(prefix="tyl", dir="/tmp")
+    other = subprocess.Popen(
+        [sys.executable, "-c", "from ray.cluster_utils import Cluster; import time; "
+         f"Cluster(initialize_head=True, head_node_args={{'num_cpus': 1, 'temp_dir': {temp!r},"
+         " 'include_dashboard': False}); print('up', flush=True); time.sleep(300)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "up"
+        theirs = Path(get_ray_address_file(None)).read_text().strip()
+        with ray_session(cpus=1):
+            assert ray.get_runtime_context().gcs_address != theirs
+    finally:
+        other.kill()
+        other.wait()
+        subprocess.run(["pkill", "-9", "-f", temp], check=False)
+        reset_ray_address()
 
 
 def test_local_session_runs_ray_train_without_the_services_a_cluster_needs(workdir,
