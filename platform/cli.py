@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="Ray cluster to join (default $RAY_ADDRESS; none: start one here)")
     p.add_argument("--dashboard-port", type=int, default=None,
                    help="port of the embedded Ray's dashboard (on 127.0.0.1; default 8265)")
+    p.add_argument("--allow-local-storage", action="store_true",
+                   help="with --address: accept a node-local tracking store or checkpoint "
+                   "folder (only where every node shares one filesystem)")
 
     p = sub.add_parser("sweep", help="tune the job's `sweep:` space with Ray Tune; one MLflow "
                        "parent run, one child run per trial")
@@ -58,6 +61,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster to join (default $RAY_ADDRESS; none: start one here)")
     p.add_argument("--dashboard-port", type=int, default=None)
+    p.add_argument("--allow-local-storage", action="store_true",
+                   help="with --address: accept a node-local tracking store or checkpoint "
+                   "folder (only where every node shares one filesystem)")
 
     p = sub.add_parser("resume", help="continue a stopped or killed run (or sweep) from its "
                        "checkpoint")
@@ -65,12 +71,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None, help="store holding the run (default: "
                    "$MLFLOW_TRACKING_URI, else ./trainyard-runs/mlflow.db)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
+    p.add_argument("--allow-local-storage", action="store_true",
+                   help="with --address: accept a node-local tracking store or checkpoint "
+                   "folder (only where every node shares one filesystem)")
     p.add_argument("--trust-sweep-state", action="store_true",
                    help="resume a sweep whose Tune state carries no valid seal of yours (Tune "
                    "unpickles it: only for folders no one else can write; README, Threat model)")
 
     p = sub.add_parser("submit", help="run a job on a Ray cluster through the Ray Jobs API")
     job_args(p)
+    p.add_argument("--allow-local-storage", action="store_true",
+                   help="with --address: accept a node-local tracking store or checkpoint "
+                   "folder (only where every node shares one filesystem)")
     p.add_argument("--address", default=None,
                    help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default "
                    "$RAY_ADDRESS)")
@@ -141,7 +153,19 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(loaded, address, dashboard_port, start) -> int:
+def _shared_storage(loaded, address, allow: bool) -> None:
+    """On a cluster of several nodes, refuse node-local storage (SubmitError) unless allowed."""
+    if not address or allow:
+        return
+    import ray
+
+    from trainyard import submit
+
+    if sum(1 for node in ray.nodes() if node["Alive"]) > 1:
+        submit.refuse_local_storage(loaded, "a job on a cluster of several nodes")
+
+
+def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
     from trainyard import launcher, tracking
 
     spec = loaded.spec
@@ -150,6 +174,7 @@ def _train(loaded, address, dashboard_port, start) -> int:
         demand = {name: need - spec.driver_demand().get(name, 0)
                   for name, need in demand.items()}
     with launcher.ray_session(address, spec.resources.cpus, dashboard_port):
+        _shared_storage(loaded, address, allow_local)
         launcher.require_resources({name: need for name, need in demand.items() if need > 0})
         outcomes = start()
     headline = get_workload(spec.kind).headline_metric
@@ -171,7 +196,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     seeds = args.seed
     if seeds and any(seed < 0 for seed in seeds):
         return _fail("--seed must be a non-negative integer", BAD_INPUT)
-    return _train(loaded, args.address, args.dashboard_port, lambda: runs.run_job(loaded, seeds))
+    return _train(loaded, args.address, args.dashboard_port, lambda: runs.run_job(loaded, seeds),
+                  args.allow_local_storage)
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
@@ -185,6 +211,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"{get_workload(spec.kind).headline_metric}\n      num_samples: 8\n      "
             "scheduler: asha\n      space: {train.lr: loguniform(1e-4, 1e-2)}"])
     with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port):
+        _shared_storage(loaded, args.address, args.allow_local_storage)
         launcher.require_resources(spec.resource_demand())
         return sweep.run_sweep(loaded)
 
@@ -220,13 +247,15 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         if not args.trust_sweep_state:  # before Ray starts: a refusal should be quick
             seal.verify(sweep.tune_folder(ref, info))
         with launcher.ray_session(args.address, spec.resources.cpus, None):
+            _shared_storage(loaded, args.address, args.allow_local_storage)
             return sweep.resume_sweep(loaded, ref, info)
     if info["tags"].get("trainyard.sweep_id"):
         return _fail(f"run {args.run_id} is a trial of sweep {info['tags']['trainyard.sweep_id']}"
                      f"; resume the sweep: trainyard resume {info['tags']['trainyard.sweep_id']}",
                      BAD_INPUT)
     runs.vet_checkpoints(info)
-    return _train(loaded, args.address, None, lambda: [runs.resume_job(loaded, ref, info)])
+    return _train(loaded, args.address, None, lambda: [runs.resume_job(loaded, ref, info)],
+                  args.allow_local_storage)
 
 
 def _follow(jobs, job_id: str) -> int:
@@ -246,8 +275,11 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from trainyard import submit
 
     loaded = load_spec(args.job, args.override)
-    for warning in submit.local_store_warnings(loaded):
-        print(f"warning: {warning}", file=sys.stderr)
+    if args.allow_local_storage:
+        for problem in submit.local_storage(loaded):
+            print(f"warning: {problem}", file=sys.stderr)
+    else:  # a cluster's job may run on any of its nodes
+        submit.refuse_local_storage(loaded, "trainyard submit")
     jobs = submit.client(args.address)
     job_id = submit.submit(loaded, args.address)
     address = args.address or os.environ.get("RAY_ADDRESS")

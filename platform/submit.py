@@ -94,20 +94,33 @@ def build_wheel(folder: Path) -> Path:
     return _strip_requirements(wheels[-1])
 
 
-def local_store_warnings(loaded: LoadedSpec) -> list[str]:
-    """What would be lost or misplaced on a cluster: local tracking stores and checkpoints."""
+ALLOW_LOCAL = ("pass --allow-local-storage only if every node sees the same filesystem "
+               "(one machine, or an NFS mount at the same path)")
+
+
+def local_storage(loaded: LoadedSpec) -> list[str]:
+    """What a multi-node job would lose or scatter: a node-local tracking store, local
+    checkpoints. Each entry names the field and the shared storage to use instead."""
     spec, found = loaded.spec, []
     uri = spec.tracking.uri or os.environ.get("MLFLOW_TRACKING_URI") or "the default"
     if not uri.startswith(("http://", "https://", "databricks")):
-        found.append(f"the tracking URI ({uri}) is a store local to the node the job runs "
-                     "on: its runs are lost with the node. Point tracking.uri (or "
-                     "MLFLOW_TRACKING_URI) at a shared MLflow server (README: Run on a GPU "
-                     "cluster)")
+        found.append(f"tracking.uri ({uri}) is a store local to one node: runs logged from "
+                     "the others are lost with it; point tracking.uri (or "
+                     "MLFLOW_TRACKING_URI) at a shared MLflow server, http://HOST:5000 "
+                     "(README: Run on a GPU cluster)")
     path = spec.checkpoint.path
     if "://" not in path:
-        found.append(f"checkpoint.path ({path}) is a local folder: multi-node runs need "
-                     "shared storage (s3://..., gs://... or an NFS path on every node)")
+        found.append(f"checkpoint.path ({path}) is a local folder: a restart on another "
+                     "node finds no checkpoint; use shared storage (s3://..., gs://... or an "
+                     "NFS path mounted on every node)")
     return found
+
+
+def refuse_local_storage(loaded: LoadedSpec, where: str) -> None:
+    """SubmitError listing `local_storage` problems (none: returns)."""
+    if problems := local_storage(loaded):
+        raise SubmitError(f"{loaded.source}: {where} needs storage every node shares:\n  - "
+                          + "\n  - ".join(problems) + f"\n({ALLOW_LOCAL})")
 
 
 def submit(loaded: LoadedSpec, address: str | None) -> str:
@@ -125,7 +138,8 @@ def submit(loaded: LoadedSpec, address: str | None) -> str:
         while True:
             try:
                 return jobs.submit_job(
-                    entrypoint="python -m trainyard.cli run job.yaml",
+                    # storage was checked (or allowed) here: the job does not ask again
+                    entrypoint="python -m trainyard.cli run job.yaml --allow-local-storage",
                     runtime_env={"working_dir": str(workdir), "py_modules": [str(wheel)],
                                  "env_vars": env},
                     metadata={"trainyard_job": loaded.spec.name, "source": loaded.source})

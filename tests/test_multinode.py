@@ -161,7 +161,7 @@ def test_ddp_job_spreads_over_two_nodes_and_survives_losing_one(cluster, workdir
                      "-o", "checkpoint.every_epochs=1", "-o", "output.log_model=false",
                      "-o", "tracking.experiment=multinode-ddp",
                      "-o", f"checkpoint.path={workdir / 'shared' / 'checkpoints'}",
-                     "--address", cluster.jobs_address]) == 0
+                     "--allow-local-storage", "--address", cluster.jobs_address]) == 0
     finally:
         os.environ.pop("MLFLOW_TRACKING_URI")
     job_id = capsys.readouterr().out.split(" as Ray job ")[1].split()[0]
@@ -196,6 +196,8 @@ def test_ddp_job_spreads_over_two_nodes_and_survives_losing_one(cluster, workdir
     tags = run.data.tags
     assert tags["trainyard.faults.worker_restarts"] == "1"
     assert int(tags["trainyard.faults.worker_failures"]) >= 1
+    assert "rank" in tags["trainyard.faults.last_worker_error"]
+    assert [m.value for m in client.get_metric_history(run_id, "faults/worker_restarts")] == [1]
     now = _tags(client, run_id, "trainyard.node.")
     assert lost not in now.values() and now["rank0"] != now["rank1"], now
     print(f"ddp over 2 nodes: node lost after epoch {killed_at}, job done "
@@ -215,6 +217,10 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
                  "fault_tolerance.restart_delay_s=0"]
     command = [str(BIN / "trainyard"), "run", str(CARTPOLE), "--address", cluster.address,
                *[a for o in overrides for a in ("-o", o)]]
+    refused = subprocess.run(command, env=env, cwd=workdir, capture_output=True, text=True)
+    assert refused.returncode == 2 and "storage every node shares" in refused.stderr, \
+        refused.stderr[-2000:]  # a sqlite store and a local folder, on 3 nodes
+    command.append("--allow-local-storage")  # one machine: every node shares its disk
     driver = subprocess.Popen(command, env=env, cwd=workdir, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
     try:
@@ -243,8 +249,8 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
     assert killed_after < 12, "the run ended before its driver could be killed"
 
     resumed = subprocess.run([str(BIN / "trainyard"), "resume", run_id, "--address",
-                              cluster.address], env=env, cwd=workdir, capture_output=True,
-                             text=True, timeout=300)
+                              cluster.address, "--allow-local-storage"], env=env, cwd=workdir,
+                             capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"

@@ -19,8 +19,6 @@ import pytest
 from conftest import DIGITS, env_without_tracking, free_port, runs_of
 from trainyard.cli import main
 
-pytestmark = pytest.mark.slow
-
 
 def _our_processes(marker: str) -> list[int]:
     pids = []
@@ -84,16 +82,17 @@ def _submitted_id(out: str) -> str:
     return out.split(" as Ray job ")[1].split()[0]
 
 
+@pytest.mark.slow
 def test_submit_runs_the_job_on_the_cluster_into_mlflow(head, workdir, capsys, monkeypatch):
     uri = f"sqlite:///{workdir / 'shared' / 'mlflow.db'}"  # stands in for a shared server
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     assert main(["submit", str(DIGITS), "-o", "stop.epochs=2", "-o", "resources.workers=1",
                  "-o", "output.log_model=false", "-o", "tracking.experiment=cluster",
-                 "--address", head]) == 0
+                 "--allow-local-storage", "--address", head]) == 0
     captured = capsys.readouterr()
     job_id = _submitted_id(captured.out)
     assert f"trainyard logs {job_id} --follow" in captured.out
-    assert "lost with the node" in captured.err  # a sqlite store is warned about
+    assert "tracking.uri (sqlite:" in captured.err  # allowed, and still warned about
     assert _wait(head, job_id) == "SUCCEEDED"
 
     client, runs = runs_of(uri, "cluster")
@@ -108,9 +107,10 @@ def test_submit_runs_the_job_on_the_cluster_into_mlflow(head, workdir, capsys, m
     assert job_id in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_a_job_whose_code_fails_is_failed_with_its_error_in_the_logs(head, workdir, capsys):
     assert main(["submit", str(DIGITS), "-o", "data={name: mnist_idx, path: /nowhere/mnist}",
-                 "--address", head]) == 0
+                 "--allow-local-storage", "--address", head]) == 0
     job_id = _submitted_id(capsys.readouterr().out)
     assert _wait(head, job_id) == "FAILED"
     assert main(["logs", job_id, "--address", head]) == 0
@@ -119,15 +119,16 @@ def test_a_job_whose_code_fails_is_failed_with_its_error_in_the_logs(head, workd
 
 def test_submit_without_an_address_says_how_to_give_one(workdir, capsys, monkeypatch):
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    assert main(["submit", str(DIGITS)]) == 2
+    assert main(["submit", str(DIGITS), "--allow-local-storage"]) == 2
     assert "pass --address" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_stop_ends_a_running_job(head, workdir, capsys):
     from ray.job_submission import JobSubmissionClient
 
     assert main(["submit", str(DIGITS), "-o", "stop.epochs=500", "-o", "resources.workers=1",
-                 "--address", head]) == 0
+                 "--allow-local-storage", "--address", head]) == 0
     job_id = _submitted_id(capsys.readouterr().out)
     client = JobSubmissionClient(head)
     deadline = time.monotonic() + 120
@@ -139,7 +140,18 @@ def test_stop_ends_a_running_job(head, workdir, capsys):
     assert _wait(head, job_id, timeout_s=60) == "STOPPED"
 
 
+@pytest.mark.slow
 def test_logs_of_an_unknown_job_is_a_clear_error(head, capsys):
     assert main(["logs", "raysubmit_nope", "--address", head]) == 2
     err = capsys.readouterr().err
     assert "job raysubmit_nope:" in err and "Traceback" not in err
+
+
+def test_submit_refuses_node_local_storage_naming_each_field(workdir, capsys):
+    assert main(["submit", str(DIGITS), "-o", "tracking.uri=sqlite:///runs.db",
+                 "--address", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err
+    assert "cnn_digits.yaml: trainyard submit needs storage every node shares" in err
+    assert "tracking.uri (sqlite:///runs.db)" in err and "http://HOST:5000" in err
+    assert "checkpoint.path (trainyard-runs/checkpoints)" in err and "s3://" in err
+    assert "--allow-local-storage" in err and "Traceback" not in err
