@@ -338,6 +338,15 @@ class RLJob(JobBase):
         demand.update({name: res.env_runners * amount for name, amount in res.custom.items()})
         return demand
 
+    def worker_bundles(self) -> list[dict[str, float]]:
+        res = self.resources
+        runner = {"CPU": res.cpus_per_env_runner, **res.custom}
+        if res.gpus_per_env_runner:
+            runner["GPU"] = res.gpus_per_env_runner
+        learner = {"CPU": 1.0, **({"GPU": res.gpus_per_learner} if res.gpus_per_learner else {})}
+        return [dict(runner) for _ in range(res.env_runners)] + \
+            [dict(learner) for _ in range(res.learners)]
+
     def driver_demand(self) -> dict[str, float]:
         res = self.resources
         demand = {"CPU": 1}  # the algorithm object: it samples and learns when nothing is remote

@@ -175,8 +175,10 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
                   for name, need in demand.items()}
     with launcher.ray_session(address, spec.resources.cpus, dashboard_port):
         _shared_storage(loaded, address, allow_local)
-        launcher.require_resources({name: need for name, need in demand.items() if need > 0})
-        outcomes = start()
+        wanted = {name: need for name, need in demand.items() if need > 0}
+        with launcher.cluster_demand(spec.worker_bundles() if address else []):
+            launcher.require_resources(wanted, launcher.CLUSTER_WAIT_S if address else 30.0)
+            outcomes = start()
     headline = get_workload(spec.kind).headline_metric
     for outcome in outcomes:
         final = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items())

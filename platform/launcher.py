@@ -112,16 +112,40 @@ def ray_session(address: str | None = None, cpus: int | None = None,
             os.environ.pop("RAY_AUTH_MODE", None)
 
 
+CLUSTER_WAIT_S = 300.0  # a cloud autoscaler takes minutes to boot a node
+
+
+@contextmanager
+def cluster_demand(bundles: list[dict[str, float]]) -> Iterator[None]:
+    """Ask the cluster's autoscaler for the job's shapes for the length of the block.
+
+    Nothing else asks before the job starts, and the job starts only once the resources are
+    there (`require_resources`). Held for the whole job, the request also has the autoscaler
+    replace a node the job lost; withdrawn at the end, so idle nodes can go.
+    """
+    from ray.autoscaler.sdk import request_resources
+
+    if not bundles:
+        yield
+        return
+    request_resources(bundles=bundles)
+    try:
+        yield
+    finally:
+        request_resources(bundles=[])
+
+
 def require_resources(demand: dict[str, float], timeout_s: float = 30.0,
                       poll_s: float = 1.0) -> None:
     """Wait up to `timeout_s` for the cluster to hold `demand`; ResourceError naming the gap.
 
-    A cluster that autoscales may add nodes while we wait; a laptop never will, so the wait is
-    short.
+    A cluster that autoscales adds nodes while we wait (`cluster_demand`), and may take
+    minutes; a laptop never grows, so its wait is short.
     """
     import ray
 
     deadline = time.monotonic() + timeout_s
+    said = False
     while True:
         total = ray.cluster_resources()
         missing = {name: (need, total.get(name, 0.0)) for name, need in demand.items()
@@ -130,6 +154,12 @@ def require_resources(demand: dict[str, float], timeout_s: float = 30.0,
             return
         if time.monotonic() >= deadline:
             break
+        if not said and timeout_s > 30:
+            gap = ", ".join(f"{name} {need:g} (has {have:g})"
+                            for name, (need, have) in sorted(missing.items()))
+            print(f"waiting up to {timeout_s:g} s for the cluster to provide {gap}: an "
+                  "autoscaling cluster is adding nodes (Ctrl-C to give up)", flush=True)
+            said = True
         time.sleep(poll_s)
     parts = [f"{name}: the job needs {need:g}, the cluster has {have:g}"
              for name, (need, have) in sorted(missing.items())]

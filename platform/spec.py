@@ -203,6 +203,11 @@ class JobBase(Section):
         """Total Ray resources the job needs at once, e.g. {'CPU': 2, 'GPU': 1}."""
         raise NotImplementedError
 
+    def worker_bundles(self) -> list[dict[str, float]]:
+        """The shapes the job's Ray actors ask for, one per actor (the driver's share left
+        out): what an autoscaler must fit."""
+        return [{k: v for k, v in self.resource_demand().items() if v > 0}]
+
     def driver_demand(self) -> dict[str, float]:
         """The share of `resource_demand` used by the process that drives the job (a sweep
         trial's own actor); the rest is asked for by the actors it starts."""

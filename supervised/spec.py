@@ -280,5 +280,12 @@ class SupervisedJob(JobBase):
         demand.update({name: res.workers * amount for name, amount in res.custom.items()})
         return demand
 
+    def worker_bundles(self) -> list[dict[str, float]]:
+        res = self.resources
+        shape = {"CPU": res.cpus_per_worker, **res.custom}
+        if res.gpus_per_worker:
+            shape["GPU"] = res.gpus_per_worker
+        return [dict(shape) for _ in range(res.workers)]
+
     def driver_demand(self) -> dict[str, float]:
         return {"CPU": 0}  # the Train workers hold the CPUs and GPUs; the driver only waits
