@@ -101,6 +101,13 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         os.environ["RAY_AUTH_MODE"] = "disabled"
     try:
         ray.init(**kwargs)
+    except (ConnectionError, ray.exceptions.AuthenticationError) as err:
+        if not address:
+            raise
+        from trainyard.spec import UserInputError  # one line, exit 2: the user fixes it
+
+        raise UserInputError(f"cannot join the Ray cluster at {address}: "
+                             f"{str(err).strip().splitlines()[0]}") from None
     finally:
         if not users_port:  # ours was for this start only
             os.environ.pop("RAY_GCS_SERVER_PORT", None)

@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import DIGITS
 from trainyard.cli import main
 
@@ -151,3 +153,48 @@ def test_token_auth_is_turned_off_only_for_embedded_sessions():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == "None"
+
+
+@pytest.mark.slow
+def test_run_on_a_token_auth_cluster_keeps_auth_on(workdir):
+    """Token auth is turned off for embedded sessions only: `trainyard run --address` to a head
+    that requires a token works with the user's token, and is refused without one."""
+    import secrets
+    import subprocess
+    import sys
+    import tempfile
+
+    import ray
+
+    from conftest import CARTPOLE, env_without_tracking, free_port
+
+    temp = tempfile.mkdtemp(prefix="tyt", dir="/tmp")
+    port = free_port()
+    bin_dir = Path(sys.executable).parent
+    env = {**env_without_tracking(), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(16), "HOME": str(workdir),  # no ~/.ray token
+           "PATH": f"{bin_dir}:{os.environ['PATH']}"}
+    address = f"{ray.util.get_node_ip_address()}:{port}"
+    job = [str(bin_dir / "trainyard"), "run", str(CARTPOLE), "--address", address,
+           "-o", "stop.env_steps=1500", "-o", "tracking.system_metrics=false"]
+    try:
+        subprocess.run([str(bin_dir / "ray"), "start", "--head", f"--port={port}",
+                        "--num-cpus=1", f"--temp-dir={temp}", "--include-dashboard=false",
+                        f"--dashboard-agent-listen-port={free_port()}",
+                        f"--dashboard-agent-grpc-port={free_port()}",
+                        f"--runtime-env-agent-port={free_port()}",
+                        f"--metrics-export-port={free_port()}", "--disable-usage-stats"],
+                       check=True, env=env, capture_output=True, timeout=120)
+        stranger = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+        refused = subprocess.run(job, env=stranger, cwd=workdir, capture_output=True,
+                                 text=True, timeout=120)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert f"cannot join the Ray cluster at {address}: Token authentication is enabled " \
+            "but no authentication token was found" in refused.stderr
+        assert "RAY_AUTH_TOKEN" in refused.stderr and "Traceback" not in refused.stderr
+        ran = subprocess.run(job, env=env, cwd=workdir, capture_output=True, text=True,
+                             timeout=300)
+        assert ran.returncode == 0, ran.stdout[-2000:] + ran.stderr[-2000:]
+        assert "FINISHED" in ran.stdout
+    finally:
+        subprocess.run(["pkill", "-9", "-f", temp], check=False)
