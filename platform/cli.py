@@ -173,7 +173,8 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
     if address:  # this process drives the job from outside the cluster's resource accounting
         demand = {name: need - spec.driver_demand().get(name, 0)
                   for name, need in demand.items()}
-    with launcher.ray_session(address, spec.resources.cpus, dashboard_port):
+    cpus = spec.resources.cpus or (os.cpu_count() or 1) + spec.data_cpus()
+    with launcher.ray_session(address, cpus, dashboard_port):
         _shared_storage(loaded, address, allow_local)
         wanted = {name: need for name, need in demand.items() if need > 0}
         with launcher.cluster_demand(spec.worker_bundles() if address else []):

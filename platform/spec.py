@@ -203,6 +203,10 @@ class JobBase(Section):
         """Total Ray resources the job needs at once, e.g. {'CPU': 2, 'GPU': 1}."""
         raise NotImplementedError
 
+    def data_cpus(self) -> int:
+        """CPUs the job leaves for Ray Data (added to a local session's cores)."""
+        return 0
+
     def worker_bundles(self) -> list[dict[str, float]]:
         """The shapes the job's Ray actors ask for, one per actor (the driver's share left
         out): what an autoscaler must fit."""

@@ -8,6 +8,7 @@ with the training split's per-channel statistics; sequences (N, T, F); text (N, 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,11 +31,59 @@ class DataInfo:
 
 
 @dataclass
+class StreamedTrain:
+    """A training split the driver never holds: a lazy Ray Dataset (`dataset`, handed to the
+    TorchTrainer) of which each Train worker reads its own shard (`ShardBatches`)."""
+
+    rows: int
+    dataset: Any = None  # stays in the driver: the workers get it through Ray Train
+
+    def __len__(self) -> int:
+        return self.rows
+
+
+@dataclass
 class Splits:
-    train: TensorDataset
+    train: TensorDataset | StreamedTrain
     val: TensorDataset
     test: TensorDataset
     info: DataInfo
+
+
+class EncodeRows:
+    """Ray Data batch function (pandas in, numpy out): feature columns as a standardised
+    (B, F, 1) sequence, labels as class indices."""
+
+    def __init__(self, features: list[str], label: str, classes: list[str], mean: float,
+                 std: float, where: str):
+        self.features, self.label, self.classes = features, label, classes
+        self.mean, self.std, self.where = mean, std, where
+
+    def __call__(self, frame) -> dict[str, np.ndarray]:
+        values, labels = formats.encode_table(frame, self.features, self.label, self.classes,
+                                              self.where)
+        return {"x": ((values - self.mean) / self.std)[:, :, None], "y": labels}
+
+
+class ShardBatches:
+    """This worker's shard of a streamed split as (inputs, targets) batches; every rank yields
+    the same number (Ray Train splits the stream into equal shards; the last partial batch is
+    dropped), so DDP's all-reduces pair up."""
+
+    def __init__(self, shard, batch_size: int, rows: int, seed: int):
+        self.shard, self.batch_size, self.rows, self.seed = shard, batch_size, rows, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.rows // self.batch_size
+
+    def __iter__(self):
+        self.epoch += 1
+        for batch in self.shard.iter_torch_batches(
+                batch_size=self.batch_size, drop_last=True,
+                local_shuffle_buffer_size=8 * self.batch_size,
+                local_shuffle_seed=self.seed * 1000 + self.epoch):
+            yield batch["x"], batch["y"]
 
 
 def split_indices(labels: np.ndarray, val: float, test: float, seed: int) -> dict:
@@ -109,6 +158,8 @@ def load_sequences(spec, seed: int) -> Splits:
         x = bunch.images.astype(np.float32)  # (N, 8 rows = steps, 8 pixels = features)
         y = bunch.target.astype(np.int64)
         names = [str(c) for c in range(10)]
+    elif spec.name == "table" and spec.stream:
+        return _streamed_table(spec)
     elif spec.name == "table":
         values, y, names = formats.read_table(spec.path, spec.format, spec.features, spec.label)
         x = values[:, :, None]  # (N, columns = steps, 1)
@@ -119,6 +170,38 @@ def load_sequences(spec, seed: int) -> Splits:
     info = DataInfo("sequence", num_classes=len(names), feature_dim=x.shape[2],
                     seq_len=x.shape[1], class_names=names)
     return _classification(x, y, split, info)
+
+
+STATS_ROWS = 50_000  # rows of a streamed table its standardisation statistics come from
+
+
+def _streamed_table(spec) -> Splits:
+    """Validation and test read whole; training rows left in place, to stream (`StreamedTrain`).
+
+    Classes come from the validation and test tables; the standardisation from the first
+    STATS_ROWS training rows (one mean and deviation over all feature columns, as for a table
+    loaded whole).
+    """
+    frames = {name: formats.table_dataset(path, spec.format, f"data.{name}_path").to_pandas()
+              for name, path in (("val", spec.val_path), ("test", spec.test_path))}
+    classes = sorted({str(v) for frame in frames.values() if spec.label in frame.columns
+                      for v in frame[spec.label].unique()})
+    sample = formats.table_dataset(spec.path, spec.format).limit(STATS_ROWS).to_pandas()
+    values, _ = formats.encode_table(sample, spec.features, spec.label, classes, spec.path)
+    encode = EncodeRows(spec.features, spec.label, classes, float(values.mean()),
+                        float(values.std()) + 1e-6, spec.path)
+    split = {}
+    for name, frame in frames.items():
+        encode.where = getattr(spec, f"{name}_path")
+        rows = encode(frame)
+        split[name] = TensorDataset(torch.from_numpy(rows["x"]), torch.from_numpy(rows["y"]))
+    encode.where = spec.path
+    train = formats.table_dataset(spec.path, spec.format)
+    rows = train.count()  # Parquet: from the files' metadata
+    info = DataInfo("sequence", num_classes=len(classes), feature_dim=1,
+                    seq_len=len(spec.features), class_names=classes)
+    return Splits(StreamedTrain(rows, train.map_batches(encode, batch_format="pandas")),
+                  split["val"], split["test"], info)
 
 
 def load_text(spec, seed: int) -> Splits:

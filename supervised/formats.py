@@ -138,27 +138,44 @@ def read_cifar10(folder: str | Path):
     return arrays(train), arrays([test]), names
 
 
-def read_table(path: str | Path, fmt: str, features: list[str], label: str):
-    """(features float32 (N, F), labels int64 (N,), class names) read with Ray Data."""
+def table_dataset(path: str | Path, fmt: str, field: str = "data.path"):
+    """A lazy Ray Dataset over a CSV/Parquet file or folder (nothing is read yet)."""
     import ray.data
 
-    path = _need(Path(path), "table")
+    path = _need(Path(path), "table", field=field)
     if fmt == "auto":
         suffixes = {p.suffix for p in (path.iterdir() if path.is_dir() else [path])}
         fmt = "parquet" if ".parquet" in suffixes else "csv"
     reader = ray.data.read_parquet if fmt == "parquet" else ray.data.read_csv
-    frame = reader(str(path.resolve())).to_pandas()  # Ray's tasks have another cwd
+    return reader(str(path.resolve()))  # Ray's tasks have another cwd
+
+
+def encode_table(frame, features: list[str], label: str, classes: list[str], where):
+    """(features float32 (N, F), labels int64 (N,)) of a pandas frame, labels by `classes`."""
     missing = [c for c in [*features, label] if c not in frame.columns]
     if missing:
-        raise DataError(f"{path}: no column(s) {', '.join(missing)}; the table has "
+        raise DataError(f"{where}: no column(s) {', '.join(missing)}; the table has "
                         f"{', '.join(map(str, frame.columns))}")
-    classes = sorted(frame[label].astype(str).unique())
     index = {name: i for i, name in enumerate(classes)}
-    labels = frame[label].astype(str).map(index).to_numpy(np.int64)
+    labels = frame[label].astype(str).map(index)
+    if labels.isna().any():
+        unknown = sorted(set(frame[label].astype(str)) - set(classes))[:5]
+        raise DataError(f"{where}: label(s) {', '.join(unknown)} appear in no validation or "
+                        "test row; every class must appear there")
     try:
         values = frame[features].to_numpy(np.float32)
     except ValueError as err:
-        raise DataError(f"{path}: feature columns must be numeric: {err}") from None
+        raise DataError(f"{where}: feature columns must be numeric: {err}") from None
+    return values, labels.to_numpy(np.int64)
+
+
+def read_table(path: str | Path, fmt: str, features: list[str], label: str,
+               field: str = "data.path", classes: list[str] | None = None):
+    """(features float32 (N, F), labels int64 (N,), class names) read with Ray Data."""
+    frame = table_dataset(path, fmt, field).to_pandas()
+    if label in frame.columns and classes is None:
+        classes = sorted(frame[label].astype(str).unique())
+    values, labels = encode_table(frame, features, label, classes or [], path)
     return values, labels, classes
 
 

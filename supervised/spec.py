@@ -121,6 +121,24 @@ class TableData(_Split):
     format: Literal["auto", "csv", "parquet"] = Field("auto", description="auto: by suffix")
     features: list[str] = Field(..., min_length=1, description="feature columns, in order")
     label: str = Field(..., description="column holding the class label")
+    stream: bool = Field(
+        False, description="stream the training rows from `path` into each worker's shard "
+        "through Ray Data instead of loading them in the driver (for tables larger than the "
+        "driver should hold); validation and test come from val_path and test_path")
+    val_path: str | None = Field(None, description="with stream: the validation table "
+                                 "(loaded whole; every class appears in it or in test_path)")
+    test_path: str | None = Field(None, description="with stream: the test table")
+
+    @model_validator(mode="after")
+    def _check_stream(self) -> "TableData":
+        if self.stream and (self.val_path is None or self.test_path is None):
+            raise ValueError("data.stream reads only the training rows from data.path: give "
+                             "data.val_path and data.test_path (smaller tables with the same "
+                             "columns)")
+        if not self.stream and (self.val_path or self.test_path):
+            raise ValueError("data.val_path/test_path are for data.stream: true; without it "
+                             "val and test are cut from data.path (val_fraction, test_fraction)")
+        return self
 
 
 class TextData(_Split):
@@ -278,7 +296,13 @@ class SupervisedJob(JobBase):
         if res.gpus_per_worker:
             demand["GPU"] = res.workers * res.gpus_per_worker
         demand.update({name: res.workers * amount for name, amount in res.custom.items()})
+        demand["CPU"] += self.data_cpus()
         return demand
+
+    def data_cpus(self) -> int:
+        # Ray Data's read tasks get only the CPUs the Train workers leave: none on a full
+        # machine, and a streamed epoch would then wait forever.
+        return 1 if getattr(self.data, "stream", False) else 0
 
     def worker_bundles(self) -> list[dict[str, float]]:
         res = self.resources

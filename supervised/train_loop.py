@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 from trainyard import tracking
 from trainyard.checkpoints import load_state, save_state
 from trainyard.supervised import artifacts
+from trainyard.supervised.data import ShardBatches, StreamedTrain
 from trainyard.supervised.finetune import apply_init
 from trainyard.supervised.models import build_model
 from trainyard.supervised.spec import SupervisedJob
@@ -156,9 +157,11 @@ def train_loop(config: dict[str, Any]) -> None:
     warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
     spec = SupervisedJob.model_validate(config["spec"])
     ctx, data = config["ctx"], config["data"]
-    # The splits arrive as read-only views of Ray's shared memory; batches gathered from a
-    # private copy train ~5% faster (measured: tests/benchmarks/bench_supervised.py).
-    data.train = TensorDataset(*(t.clone() for t in data.train.tensors))
+    streamed = isinstance(data.train, StreamedTrain)
+    if not streamed:
+        # The splits arrive as read-only views of Ray's shared memory; batches gathered from a
+        # private copy train ~5% faster (measured: tests/benchmarks/bench_supervised.py).
+        data.train = TensorDataset(*(t.clone() for t in data.train.tensors))
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     torch.manual_seed(ctx.seed)
@@ -168,10 +171,16 @@ def train_loop(config: dict[str, Any]) -> None:
     model = build_model(spec.model, data.info)
     if config.get("init") is not None:
         apply_init(model, config["init"], spec.init_from)
-    sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True,
-                                 seed=ctx.seed)
     micro_batch = max(1, spec.train.batch_size // (world * spec.train.grad_accum))
-    loader = DataLoader(data.train, batch_size=micro_batch, sampler=sampler, drop_last=True)
+    if streamed:
+        sampler = None
+        loader = ShardBatches(ray.train.get_dataset_shard("train"), micro_batch,
+                              data.train.rows // world, ctx.seed * 100 + rank)
+    else:
+        sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True,
+                                     seed=ctx.seed)
+        loader = DataLoader(data.train, batch_size=micro_batch, sampler=sampler,
+                            drop_last=True)
     steps_per_epoch = max(1, len(loader) // spec.train.grad_accum)
     if spec.train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, spec.train.steps_per_epoch)
@@ -207,7 +216,8 @@ def train_loop(config: dict[str, Any]) -> None:
     started = time.monotonic()
 
     for epoch in range(state["epoch"] + 1, spec.stop.epochs + 1):
-        sampler.set_epoch(epoch)
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         stats = train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision)
         state["global_step"] += stats.pop("steps")
         val = evaluate(plain, data.val, device, precision[0])

@@ -3,6 +3,7 @@ spec, fit it."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import uuid
 from typing import TYPE_CHECKING
@@ -26,8 +27,13 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     )
     from ray.train.torch import TorchTrainer
 
+    from trainyard.supervised.data import StreamedTrain
     from trainyard.supervised.train_loop import train_loop
 
+    datasets = {}
+    if isinstance(data.train, StreamedTrain):  # the workers read it through Ray Train
+        datasets["train"] = data.train.dataset
+        data = dataclasses.replace(data, train=StreamedTrain(data.train.rows))
     res = spec.resources
     per_worker = {"CPU": res.cpus_per_worker, **res.custom}
     if res.use_gpu:
@@ -36,6 +42,7 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx, "data": data,
                            "init": init, "fit_id": uuid.uuid4().hex},
+        datasets=datasets or None,
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker,
                                      placement_strategy=res.placement.upper()),

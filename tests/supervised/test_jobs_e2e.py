@@ -115,6 +115,40 @@ def test_table_job_through_ray_data(ray_once, workdir, store_uri):
     assert run.data.metrics["val/accuracy"] > 0.5
 
 
+def test_streamed_table_trains_two_ddp_ranks_from_ray_data_shards(ray_once, workdir,
+                                                                   store_uri):
+    """data.stream: the training rows stay in Parquet files that each worker streams its own
+    shard of (Ray Data, get_dataset_shard); validation and test come from their own files."""
+    import pandas as pd
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    columns = [f"p{i}" for i in range(16)]
+    pooled = digits.images.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(-1, 16)
+    frame = pd.DataFrame(pooled, columns=columns)
+    frame["digit"] = [f"d{t}" for t in digits.target]
+    order = np.random.default_rng(0).permutation(len(frame))
+    (workdir / "train").mkdir()
+    for part, rows in enumerate(np.array_split(order[:1300], 4)):  # a folder of files
+        frame.iloc[rows].to_parquet(workdir / "train" / f"part-{part}.parquet")
+    frame.iloc[order[1300:1550]].to_parquet(workdir / "val.parquet")
+    frame.iloc[order[1550:]].to_parquet(workdir / "test.parquet")
+    features = "[" + ", ".join(columns) + "]"
+    run_job("transformer_classifier.yaml", "data={name: table, path: train, stream: true, "
+            f"val_path: val.parquet, test_path: test.parquet, features: {features}, "
+            "label: digit}", "model={arch: gru, hidden: 64, layers: 1}", "stop.epochs=15",
+            "resources.workers=2", "resources.cpus_per_worker=0.5", "train.batch_size=64",
+            "output.log_model=false", "tracking.experiment=streamed")
+    client, run = last_run(store_uri, "streamed")
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["data.train_size"] == "1300"
+    assert run.data.tags["data.val_size"] == "250"
+    assert run.data.metrics["test/accuracy"] > 0.5
+    # 1300 rows over 2 ranks, 32-row batches per rank, last partial one dropped: 20 steps
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
+    assert steps[:2] == [20, 40]
+
+
 def test_early_stopping_ends_the_run_when_validation_stalls(ray_once, workdir, store_uri):
     # lr ~ 0: validation accuracy cannot improve after epoch 1, so patience 1 stops at epoch 2
     run_job("transformer_classifier.yaml", "stop.epochs=10", "stop.patience=1",
