@@ -219,7 +219,7 @@ def test_memory_beats_no_memory_on_cartpole_without_velocities(workdir, store_ur
     from trainyard.cli import main
 
     config = str(REPO / "agents" / "configs" / "rdqn_cartpole_novelocity.yaml")
-    budget = ["-o", "stop.env_steps=30k", "-o", "evaluation.every_iterations=5"]
+    budget = ["-o", "stop.env_steps=20k", "-o", "evaluation.every_iterations=5"]
     assert main(["run", config, *budget]) == 0
     assert main(["run", config, *budget, "-o", "agent.recurrent=null", "-o",
                  "agent.batch_size=32", "-o", "agent.training_intensity=8", "-o",
