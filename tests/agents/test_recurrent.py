@@ -232,6 +232,7 @@ def test_memory_beats_no_memory_on_cartpole_without_velocities(workdir, store_ur
         priorities = client.get_metric_history(run.info.run_id, "train/seq_priority_mean")
         assert bool(priorities) != run.info.run_name.startswith("feed-forward")
     recurrent, feed_forward = best[False], best[True]
-    # measured at 30k steps: recurrent 227 (uniform replay: 197 by 20k), feed-forward 43
+    # measured at 20k steps (3 December): recurrent 335 (from 15k on), feed-forward 31; at
+    # 30k (earlier): recurrent 227, feed-forward 43
     assert recurrent >= 120, best
     assert recurrent >= 2 * feed_forward, best
