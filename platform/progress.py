@@ -7,6 +7,7 @@ prefixed with Ray's actor tags and interleaved; this way the user reads one clea
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -37,7 +38,8 @@ def format_line(prefix: str, label: str, metrics: dict[str, float], headline: st
     keys = [headline] + [k for k in ("train/return_mean", "train/loss", "val/loss")
                          if k != headline]
     for key in keys:
-        if key in metrics:
+        # an RL iteration that finished no episode has no return: leave the field out
+        if key in metrics and math.isfinite(metrics[key]):
             parts.append(f"{key} {metrics[key]:.4g}")
     for key in PERF_KEYS:
         if key in metrics:

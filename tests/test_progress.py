@@ -28,3 +28,14 @@ def test_printer_prints_each_line_in_order_and_exits_at_once():
     assert "val/loss 0.3333" in lines[2] and "samples_per_s 1,234" in lines[2]
     # the blocking get is woken by the printer's exit, not left to a 5 s join timeout
     assert exit_s < 2.0
+
+
+def test_a_metric_without_a_value_is_left_out_of_the_line():
+    """An RL iteration in which no episode ended has no return (RLlib reports nan)."""
+    from trainyard.progress import format_line
+
+    line = format_line("[cartpole]", "iter 3 steps 3,000", {
+        "train/return_mean": float("nan"), "train/loss": 0.25,
+        "perf/env_steps_per_s": 410.0}, "eval/return_mean", 12.0)
+    assert "nan" not in line and "train/return_mean" not in line
+    assert "train/loss 0.25" in line and "env_steps_per_s 410" in line
