@@ -31,7 +31,7 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     from trainyard.supervised.train_loop import train_loop
 
     datasets = {}
-    if isinstance(data.train, StreamedTrain):  # the workers read it through Ray Train
+    if data is not None and isinstance(data.train, StreamedTrain):  # the workers read it through Ray Train
         datasets["train"] = data.train.dataset
         data = dataclasses.replace(data, train=StreamedTrain(data.train.rows))
     res = spec.resources
