@@ -178,7 +178,8 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
         _shared_storage(loaded, address, allow_local)
         wanted = {name: need for name, need in demand.items() if need > 0}
         with launcher.cluster_demand(spec.worker_bundles() if address else []):
-            launcher.require_resources(wanted, launcher.CLUSTER_WAIT_S if address else 30.0)
+            # Ray started here has all it will ever have: a gap is final at once
+            launcher.require_resources(wanted, launcher.CLUSTER_WAIT_S if address else 0.0)
             outcomes = start()
     headline = get_workload(spec.kind).headline_metric
     for outcome in outcomes:
@@ -215,7 +216,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             "scheduler: asha\n      space: {train.lr: loguniform(1e-4, 1e-2)}"])
     with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port):
         _shared_storage(loaded, args.address, args.allow_local_storage)
-        launcher.require_resources(spec.resource_demand())
+        launcher.require_resources(spec.resource_demand(),
+                                   launcher.CLUSTER_WAIT_S if args.address else 0.0)
         return sweep.run_sweep(loaded)
 
 

@@ -142,12 +142,13 @@ def cluster_demand(bundles: list[dict[str, float]]) -> Iterator[None]:
         request_resources(bundles=[])
 
 
-def require_resources(demand: dict[str, float], timeout_s: float = 30.0,
+def require_resources(demand: dict[str, float], timeout_s: float = 0.0,
                       poll_s: float = 1.0) -> None:
     """Wait up to `timeout_s` for the cluster to hold `demand`; ResourceError naming the gap.
 
     A cluster that autoscales adds nodes while we wait (`cluster_demand`), and may take
-    minutes; a laptop never grows, so its wait is short.
+    minutes; a Ray that trainyard started on this machine never grows, so it is not waited
+    for (`timeout_s` 0).
     """
     import ray
 
@@ -172,5 +173,6 @@ def require_resources(demand: dict[str, float], timeout_s: float = 30.0,
              for name, (need, have) in sorted(missing.items())]
     hint = ("lower resources.* in the spec (e.g. -o resources.gpus_per_worker=0), or run on a "
             "cluster that has them with --address")
-    raise ResourceError(f"Ray cannot provide the job's resources after {timeout_s:g} s: "
+    waited = f" after {timeout_s:g} s" if timeout_s else ""
+    raise ResourceError(f"Ray cannot provide the job's resources{waited}: "
                         f"{'; '.join(parts)}. {hint}")

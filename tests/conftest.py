@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,3 +104,54 @@ def pytest_unconfigure(config):
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(status)
+
+
+# ---- a run in its own process group, killed mid-training (resume tests) -----------------
+
+def start_run(job, overrides, cwd):
+    argv = [sys.executable, "-m", "trainyard.cli", "run", str(job)]
+    for override in overrides:
+        argv += ["-o", override]
+    return subprocess.Popen(argv, cwd=cwd, env=env_without_tracking(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for(predicate, proc, timeout_s=240):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before the kill:\n{proc.stdout.read()}")
+        result = predicate()
+        if result:
+            return result
+        time.sleep(0.3)
+    raise AssertionError("timed out waiting for the run to make progress")
+
+
+def kill_group(proc):
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def single_run(client, experiment):
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        return None
+    runs = client.search_runs([exp.experiment_id])
+    return runs[0] if runs else None
+
+
+def checkpointed_run(client, experiment, workdir):
+    """The experiment's run once it has at least one checkpoint folder, else None."""
+    run = single_run(client, experiment)
+    if run is None:
+        return None
+    folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
+    done = folder.is_dir() and any(p.is_dir() and p.name.startswith("checkpoint_")
+                                   for p in folder.iterdir())
+    return run if done else None
+
+
+def metric_steps(client, run_id, key):
+    return [m.step for m in sorted(client.get_metric_history(run_id, key),
+                                   key=lambda m: (m.step, m.timestamp))]

@@ -12,7 +12,7 @@ from conftest import DIGITS
 from trainyard.cli import main
 
 
-def test_gpu_job_on_a_cpu_machine_fails_within_30s_naming_gpu(workdir, capsys):
+def test_gpu_job_on_a_cpu_machine_fails_at_once_naming_gpu(workdir, capsys):
     start = time.monotonic()
     code = main(["run", str(DIGITS), "-o", "resources.gpus_per_worker=1"])
     elapsed = time.monotonic() - start
@@ -20,7 +20,7 @@ def test_gpu_job_on_a_cpu_machine_fails_within_30s_naming_gpu(workdir, capsys):
     err = capsys.readouterr().err
     assert "GPU: the job needs 2, the cluster has 0" in err
     assert "resources." in err  # says which spec field to change
-    assert elapsed < 30 + 20  # 30 s of waiting for an autoscaler, plus Ray's start-up
+    assert elapsed < 25  # Ray's start-up: a Ray started here never grows, nothing to wait for
 
 
 def test_more_workers_than_cores_names_cpu(workdir, capsys):

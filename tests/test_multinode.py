@@ -245,7 +245,8 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
     finally:
         driver.kill()  # the head's driver dies mid-run
         driver.wait()
-    killed_after = len(client.get_metric_history(run_id, "train/iteration"))
+    before = _steps(client, run_id, "train/iteration")
+    killed_after = len(before)
     assert killed_after < 12, "the run ended before its driver could be killed"
 
     resumed = subprocess.run([str(BIN / "trainyard"), "resume", run_id, "--address",
@@ -256,6 +257,10 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
     assert run.info.status == "FINISHED"
     steps = _steps(client, run_id, "train/iteration")
     assert steps == sorted(set(steps)) and steps[-1] >= 12_000, steps
+    assert steps[:killed_after] == before  # what the killed driver logged stays as it was
+    iterations = [m.value for m in sorted(client.get_metric_history(run_id, "train/iteration"),
+                                          key=lambda m: m.step)]
+    assert iterations[-1] == len(steps)  # the iteration counter came back from the checkpoint
     restarts = client.get_metric_history(run_id, "faults/env_runner_restarts")
     assert restarts and max(m.value for m in restarts) >= 1
     print(f"rl over 3 nodes: node lost at iteration {done}, driver killed after "

@@ -1,10 +1,11 @@
-"""RL runs survive env-runner faults: an env that raises, an env that hangs (a runner process
-killed, with its whole node: tests/test_multinode.py).
+"""RL runs survive env-runner faults: an env that raises, then (in the runner that replaced
+it) hangs; a runner process killed, with its whole node: tests/test_multinode.py.
 
-Env runners are separate processes, so the fault is decided inside the env: it fires once,
-when a flag file exists (the env renames it away as it fires, so the restarted runner's env
-runs clean). The env is registered with Gymnasium in this process only; trainyard carries its
-EnvSpec to the runner processes (its class travels by value: the runners cannot import tests).
+Env runners are separate processes, so each fault is decided inside the env: it fires once,
+when its flag file exists (the env renames it away as it fires, so the restarted runner's env
+goes on to the next fault, and then runs clean). The env is registered with Gymnasium in this
+process only; trainyard carries its EnvSpec to the runner processes (its class travels by
+value: the runners cannot import tests).
 """
 
 from __future__ import annotations
@@ -24,8 +25,7 @@ from conftest import CARTPOLE, runs_of
 from trainyard.agents.envs import known_env_ids
 from trainyard.cli import main
 
-FAULTY_ENV = "TrainyardFaultyCartPole-v0"  # raises in step, once
-HANGING_ENV = "TrainyardHangingCartPole-v0"  # never returns from step, once
+FAULTY_ENV = "TrainyardFaultyCartPole-v0"  # raises in step once, then hangs in step once
 
 # Small and quick: 1,000 env steps per iteration, few learner updates per sampled step.
 QUICK = ["resources.env_runners=1", "stop.env_steps=3000", "stop.minutes=3",
@@ -35,22 +35,22 @@ QUICK = ["resources.env_runners=1", "stop.env_steps=3000", "stop.minutes=3",
 
 
 class FaultyCartPole(CartPoleEnv):
-    """CartPole whose `step` raises (or hangs) once, `crash_after` steps into the env's life,
-    if the `flag` file exists."""
+    """CartPole whose `step`, `crash_after` steps into the env's life, fires the first fault
+    whose flag file exists: "raise" raises, "hang" never returns."""
 
-    def __init__(self, flag: str, fault: str = "raise", crash_after: int = 300, **kwargs):
+    def __init__(self, faults: list[tuple[str, str]], crash_after: int = 300, **kwargs):
         super().__init__(**kwargs)
-        self.flag, self.fault, self.crash_after, self.steps = flag, fault, crash_after, 0
+        self.faults, self.crash_after, self.steps = faults, crash_after, 0
 
     def step(self, action):
         self.steps += 1
-        if self.steps >= self.crash_after and os.path.exists(self.flag):
-            try:
-                os.rename(self.flag, f"{self.flag}.fired")  # only one env fires it
-            except FileNotFoundError:
-                pass
-            else:
-                if self.fault == "hang":
+        if self.steps >= self.crash_after:
+            for fault, flag in self.faults:
+                try:
+                    os.rename(flag, f"{flag}.fired")  # only one env fires it
+                except FileNotFoundError:
+                    continue
+                if fault == "hang":
                     time.sleep(3600)
                 raise RuntimeError("injected env fault (tests/agents/test_faults.py)")
         return super().step(action)
@@ -58,18 +58,17 @@ class FaultyCartPole(CartPoleEnv):
 
 @pytest.fixture
 def faulty_env(workdir):
-    """Register FAULTY_ENV (its flag file armed) for this test; yields the flag's path."""
-    flag = workdir / "crash.flag"
-    flag.write_text("armed")
-    for env_id, fault in ((FAULTY_ENV, "raise"), (HANGING_ENV, "hang")):
-        gym.register(env_id, entry_point=FaultyCartPole, max_episode_steps=500,
-                     kwargs={"flag": str(flag), "fault": fault})
+    """Register FAULTY_ENV with both flag files armed; yields their paths (raise, hang)."""
+    flags = workdir / "raise.flag", workdir / "hang.flag"
+    for flag in flags:
+        flag.write_text("armed")
+    gym.register(FAULTY_ENV, entry_point=FaultyCartPole, max_episode_steps=500,
+                 kwargs={"faults": [("raise", str(flags[0])), ("hang", str(flags[1]))]})
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     known_env_ids.cache_clear()
-    yield flag
+    yield flags
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
     gym.registry.pop(FAULTY_ENV, None)
-    gym.registry.pop(HANGING_ENV, None)
     known_env_ids.cache_clear()
 
 
@@ -104,23 +103,17 @@ def _check_recovered(store_uri: str) -> dict[str, list]:
 
 
 @pytest.mark.slow
-def test_env_that_raises_is_restarted_and_the_run_finishes(faulty_env, store_uri):
+def test_env_that_raises_then_hangs_is_restarted_each_time_and_the_run_finishes(faulty_env,
+                                                                                 store_uri):
     started = time.monotonic()
-    assert main(_run_args(f"agent.env={FAULTY_ENV}")) == 0
-    assert Path(f"{faulty_env}.fired").exists() and not faulty_env.exists()  # it did fire
-    _check_recovered(store_uri)
-    print(f"env fault run: {time.monotonic() - started:.0f} s")
-
-
-@pytest.mark.slow
-def test_hung_env_runner_is_killed_and_restarted_and_the_run_finishes(faulty_env, store_uri):
-    started = time.monotonic()
-    assert main(_run_args(f"agent.env={HANGING_ENV}", "fault_tolerance.sample_timeout_s=5",
+    assert main(_run_args(f"agent.env={FAULTY_ENV}", "fault_tolerance.sample_timeout_s=5",
                           "fault_tolerance.hang_timeout_s=10")) == 0
-    assert Path(f"{faulty_env}.fired").exists()  # it did hang
+    for flag in faulty_env:  # both faults fired, each once
+        assert Path(f"{flag}.fired").exists() and not flag.exists()
     history = _check_recovered(store_uri)
+    assert max(v for _, v in history["faults/env_runner_restarts"]) >= 2  # one per fault
     client, run = _the_run(store_uri)
     killed = client.get_metric_history(run.info.run_id, "faults/hung_env_runners_killed")
     assert max(m.value for m in killed) == 1
-    print(f"hung env run: {time.monotonic() - started:.0f} s; "
+    print(f"env fault run (raise, then hang): {time.monotonic() - started:.0f} s; "
           f"restarts {history['faults/env_runner_restarts'][-1][1]:g}")

@@ -357,24 +357,54 @@ def test_a_snapshot_is_a_frozen_deep_copy_of_main():
 
 
 @pytest.mark.slow
-def test_tictactoe_league_learns_rates_and_plays(workdir, store_uri, capsys, monkeypatch):
+def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, capsys,
+                                                         monkeypatch):
     """One run of the shipped tic-tac-toe league, cut to TTT_STEPS moves, checked several
-    ways: it makes an agent that beats random in most games and rarely loses to it; the Elo of
-    its successive snapshots rises (the last one rated well above the first); snapshots, Elo
-    metrics and table, and periodic evaluations are recorded; then `trainyard eval
-    --opponent` and `trainyard play` work on it."""
+    ways: killed (its whole process group) once a checkpoint holds the league, `trainyard
+    resume` brings the league back and finishes the run in the same MLflow run; it makes an
+    agent that beats random in most games and rarely loses to it; the Elo of its successive
+    snapshots rises (the last one rated well above the first); snapshots, Elo metrics and
+    table, and periodic evaluations are recorded; then `trainyard eval --opponent` and
+    `trainyard play` work on it."""
     import io
+    import json
 
-    from conftest import REPO, runs_of
+    from mlflow.tracking import MlflowClient
+
+    from conftest import REPO, checkpointed_run, kill_group, metric_steps, start_run, wait_for
     from trainyard.cli import main
 
-    assert main(["run", str(REPO / TTT_JOB), "-o", f"stop.env_steps={TTT_STEPS}",
-                 "-o", "evaluation.episodes=100", "-o", "tracking.system_metrics=false"]) == 0
-    client, runs = runs_of(store_uri, "selfplay")
-    run, rid = runs[0], runs[0].info.run_id
+    proc = start_run(REPO / TTT_JOB, [f"stop.env_steps={TTT_STEPS}", "evaluation.episodes=100",
+                                      "tracking.system_metrics=false"], workdir)
+    client = MlflowClient(store_uri)
+
+    def snapshots_saved(run):
+        folder = workdir / "trainyard-runs" / "checkpoints" / run.info.run_id
+        leagues = sorted(folder.glob("checkpoint_*/league.json"))
+        return len(json.loads(leagues[-1].read_text())["snapshots"]) if leagues else 0
+
+    def league_saved():
+        run = checkpointed_run(client, "selfplay", workdir)
+        return run if run is not None and snapshots_saved(run) else None
+
+    run = wait_for(league_saved, proc)
+    kill_group(proc)  # early: the replay lost is a few hundred moves before learning starts
+    rid = run.info.run_id
+    before = snapshots_saved(run)  # in the latest checkpoint, the one resume starts from
+    assert before >= 1
+    assert main(["resume", rid, "--tracking-uri", store_uri]) == 0
+    run = client.get_run(rid)
+    assert run.info.status == "FINISHED"
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # the same run went on
+    snapshots = [m.value for m in sorted(client.get_metric_history(rid, "league/snapshots"),
+                                         key=lambda m: (m.step, m.timestamp))]
+    assert snapshots == sorted(snapshots) and snapshots[-1] > before  # none lost, more added
+    steps = metric_steps(client, rid, "train/iteration")
+    assert steps == sorted(set(steps)) and steps[-1] >= TTT_STEPS
+
     metrics = run.data.metrics
-    # measured at 20k moves (the shipped config, seed 0): won 82%, lost 8%; Elo of the
-    # snapshots -15 (snapshot_0, before training) then 379
+    # measured at 20k moves (the shipped config, seed 0, one run): won 82%, lost 8%; Elo of
+    # the snapshots -15 (snapshot_0, before training) then 379
     assert metrics["eval/win_rate_vs_random"] >= 0.7, metrics
     assert metrics["eval/loss_rate_vs_random"] <= 0.15, metrics
     ratings = client.get_metric_history(rid, "elo/latest_snapshot")
