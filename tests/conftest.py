@@ -24,6 +24,20 @@ DIGITS = REPO / "supervised" / "configs" / "cnn_digits.yaml"
 CARTPOLE = REPO / "agents" / "configs" / "dqn_cartpole.yaml"
 
 
+@pytest.fixture(scope="module")
+def ray_once():
+    """One embedded Ray for a module of end-to-end tests (the CLI joins a running one instead
+    of starting its own), so each job costs its training, not Ray's start-up."""
+    import ray
+
+    from trainyard import launcher  # noqa: F401  (sets Ray's environment before init)
+
+    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
+             log_to_driver=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
 def runs_of(uri: str, experiment: str):
     """An MLflow client on the store `uri`, and the runs of `experiment` in it, newest first."""
     from mlflow.tracking import MlflowClient

@@ -20,7 +20,8 @@ def _only_run(uri: str, experiment: str):
     return client, runs[0]
 
 
-def test_demo_job_reaches_97_percent_and_lands_in_mlflow(workdir, store_uri, capsys):
+def test_demo_job_reaches_97_percent_and_lands_in_mlflow(ray_once, workdir, store_uri,
+                                                        capsys):
     """The README's demo as shipped (the override names the experiment it already has, so
     the override tag has something to show) must reach >= 97% on the test split, in at most 2
     minutes from the command to the result, and land in MLflow whole."""
@@ -70,8 +71,8 @@ def test_demo_job_reaches_97_percent_and_lands_in_mlflow(workdir, store_uri, cap
     assert len(kept) == 2
 
 
-def test_one_mlflow_run_per_seed_and_a_time_budget_ends_both_ranks_together(workdir,
-                                                                          store_uri):
+def test_one_mlflow_run_per_seed_and_a_time_budget_ends_both_ranks_together(
+        ray_once, workdir, store_uri):
     """Two seeds, two MLflow runs named by seed. stop.minutes is decided on rank 0 and shared:
     with a budget shorter than an epoch, both DDP workers stop after the first epoch together
     and each run finishes (ranks that decided apart would leave one waiting in an

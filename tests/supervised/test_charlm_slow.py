@@ -11,7 +11,7 @@ from trainyard.cli import main
 
 @pytest.mark.slow
 @pytest.mark.parametrize("config", ["transformer_charlm.yaml", "lstm_charlm.yaml"])
-def test_char_lm_beats_unigram_in_120_steps(workdir, store_uri, config):
+def test_char_lm_beats_unigram_in_120_steps(ray_once, workdir, store_uri, config):
     argv = ["run", str(REPO / "supervised" / "configs" / config), "-o", "stop.epochs=2",
             "-o", "train.steps_per_epoch=60", "-o", "output.log_model=false"]
     assert main(argv) == 0

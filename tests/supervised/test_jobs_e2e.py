@@ -5,27 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
 from trainyard.cli import main
 
 CONFIGS = REPO / "supervised" / "configs"
-
-
-@pytest.fixture(scope="module")
-def ray_once():
-    """One embedded Ray for the module (the CLI joins a running one instead of starting its
-    own), so each job costs its training, not Ray's start-up."""
-    import ray
-
-    from trainyard import launcher  # noqa: F401  (sets Ray's environment before init)
-
-    ray.init(num_cpus=2, include_dashboard=True, dashboard_host="127.0.0.1",
-             log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def run_job(config: str, *overrides: str) -> None:
