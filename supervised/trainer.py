@@ -31,7 +31,9 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     from trainyard.supervised.train_loop import train_loop
 
     datasets = {}
-    if data is not None and isinstance(data.train, StreamedTrain):  # the workers read it through Ray Train
+    # A streamed table is read by the workers through Ray Train; data is None when a caller only
+    # wants the scaling config.
+    if data is not None and isinstance(data.train, StreamedTrain):
         datasets["train"] = data.train.dataset
         data = dataclasses.replace(data, train=StreamedTrain(data.train.rows))
     res = spec.resources
