@@ -12,8 +12,17 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIGS = sorted([*REPO.glob("agents/configs/*.yaml"), *REPO.glob("supervised/configs/*.yaml")])
 
 
-def test_there_are_shipped_configs():
-    assert len(CONFIGS) >= 2
+def test_the_readme_table_lists_every_shipped_config():
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    start = readme.index("| job | kind |")
+    table = readme[start:readme.index("\n## ", start)].strip().splitlines()
+    rows = [line for line in table if line.startswith("| `")]
+    assert len(rows) == len(table) - 2, "a blank or stray line splits the table"
+    named = {name for row in rows for name in re.findall(r"`(?:[\w/]+/)?(\w+\.yaml)`", row)}
+    shipped = {p.name for p in CONFIGS}
+    assert shipped and shipped <= named, f"missing from README's table: {sorted(shipped - named)}"
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 import torch
 
+from trainyard.agents import atari
 from trainyard.agents.envs import AtariSettings, make_eval_env, rom_name
 from trainyard.agents.spec import DQNAgent
-
-atari = pytest.importorskip("trainyard.agents.atari")
 
 
 def test_rom_names():

@@ -142,8 +142,12 @@ def test_uniform_sequence_replay_when_alpha_is_zero():
 
     buffer = SequenceReplayBuffer(1000, seq_len=8, overlap=4, alpha=0.0)
     buffer.add([_episode(40, start=0.0), _episode(40, start=1000.0)])
+    # Priorities that would skew a prioritized buffer 5:1 towards the first episode must not
+    # change what an alpha-0 buffer samples next.
+    warm = buffer.sample(40 * 8)
+    buffer.update_priorities(np.array([5.0 if s.get_observations(0)[0] < 1000 else 1.0
+                                       for s in warm]))
     sampled = buffer.sample(400 * 8)
-    buffer.update_priorities(np.full(len(sampled), 5.0))
     first = sum(s.get_observations(0)[0] < 1000 for s in sampled)
     assert 150 < first < 250
 
