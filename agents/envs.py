@@ -1,13 +1,18 @@
 """The environment registry: which `agent.env` ids a job may name.
 
-Every Gymnasium id is accepted, with the Atari (ALE) ids registered from ale-py. An unknown id
-is an error that lists the closest known ids.
+Every Gymnasium id is accepted, with the Atari (ALE) ids registered from ale-py. A user's own
+env is named as Gymnasium's `make` names it, `module:EnvId`: the module is imported (from the
+working folder or PYTHONPATH) and registers the id. An unknown id is an error that lists the
+closest known ids.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
+import os
 import re
+import sys
 from functools import cache, partial
 
 from pydantic import Field
@@ -99,11 +104,88 @@ def _cartpole_no_velocity(config=None):
 POMDP = {"CartPoleNoVelocity-v1": _cartpole_no_velocity}
 
 
+def is_user_env(env_id: str) -> bool:
+    """`module:EnvId`: an env the user's own module registers."""
+    return ":" in env_id
+
+
+def registered_id(env_id: str) -> str:
+    """The id in Gymnasium's registry: `EnvId` of `module:EnvId` once the module is imported
+    (each process imports it: remote env runners have their own registry)."""
+    if not is_user_env(env_id):
+        return env_id
+    module, _, name = env_id.partition(":")
+    # The console script's sys.path[0] is the venv's bin/, not the folder the user runs in;
+    # `python -m` puts the working folder first, and so does this. Ray hands the driver's
+    # sys.path to its workers, so remote env runners find the module the same way.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    importlib.import_module(module)
+    return name
+
+
+def _check_user_env_id(env_id: str) -> str:
+    import gymnasium as gym
+
+    module, _, name = env_id.partition(":")
+    if not module or not name:
+        raise ValueError(f"{env_id!r}: write a user env as module:EnvId, e.g. "
+                         "mypkg.envs:MyEnv-v0")
+    try:
+        registered_id(env_id)
+    except ImportError as err:
+        raise ValueError(f"cannot import module {module!r} of {env_id!r} ({err}); run from the "
+                         "folder that holds it or put that folder on PYTHONPATH") from None
+    except Exception as err:  # noqa: BLE001 - the user's module failed: say where, one line
+        raise ValueError(f"importing module {module!r} of {env_id!r} failed: "
+                         f"{type(err).__name__}: {err}") from None
+    if name not in gym.registry:
+        def home(spec) -> str:
+            return str(getattr(spec.entry_point, "__module__", spec.entry_point))
+
+        mine = sorted(k for k, spec in gym.registry.items() if home(spec).startswith(module))
+        raise ValueError(f"module {module!r} registered no environment {name!r}; "
+                         + (f"it registers: {', '.join(mine)}" if mine else
+                            "register it there with gymnasium.register(id, entry_point=...)"))
+    return env_id
+
+
+def check_user_env(env_id: str, config: dict) -> None:
+    """Build the user's env once and hold it to what DQN here takes: a Box observation of 1
+    dimension (MLP torso) or 3 (height, width, channels: conv torso), Discrete actions, and
+    Gymnasium's API as its env checker sees it. ValueError naming what breaks."""
+    import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
+
+    try:
+        env = gym.make(registered_id(env_id), **config)
+    except Exception as err:  # noqa: BLE001 - the user's constructor: one line, its words
+        raise ValueError(f"{env_id!r} could not be built with agent.env_config {config}: "
+                         f"{type(err).__name__}: {err}") from None
+    try:
+        obs, act = env.observation_space, env.action_space
+        if not isinstance(obs, gym.spaces.Box) or len(obs.shape) not in (1, 3):
+            raise ValueError(f"{env_id!r} observes {obs}; DQN here takes a Box of 1 dimension "
+                             "(MLP) or 3 (height, width, channels: conv); wrap a Dict or Tuple "
+                             "space in gymnasium.wrappers.FlattenObservation where you "
+                             "register it")
+        if not isinstance(act, gym.spaces.Discrete):
+            raise ValueError(f"{env_id!r} acts in {act}; DQN needs a Discrete action space")
+        try:
+            check_env(env.unwrapped, skip_render_check=True)
+        except Exception as err:  # noqa: BLE001 - the checker's assertion is the message
+            raise ValueError(f"{env_id!r} breaks the Gymnasium API: {err}") from None
+    finally:
+        env.close()
+
+
 def check_env_id(env_id: str) -> str:
     """Return `env_id` if it is known; ValueError naming close matches if not."""
     from trainyard.agents import doom
     from trainyard.agents.games import GAMES, PREFIX
 
+    if is_user_env(env_id):
+        return _check_user_env_id(env_id)
     known = known_env_ids() | {PREFIX + game for game in GAMES} | doom.env_ids() | set(POMDP)
     if env_id in known:
         return env_id
@@ -137,7 +219,7 @@ def rllib_env_creator(env_id: str):
     import gymnasium as gym
 
     known_env_ids()  # registers the Atari ids
-    return partial(_make_from_spec, gym.spec(env_id))
+    return partial(_make_from_spec, gym.spec(registered_id(env_id)))
 
 
 def make_eval_env(agent, render: bool = False):
@@ -157,7 +239,13 @@ def make_eval_env(agent, render: bool = False):
                              render_mode="rgb_array" if render else None)
     if agent.env in POMDP:
         return POMDP[agent.env]({"render_mode": "rgb_array"} if render else {})
-    return rllib_env_creator(agent.env)({"render_mode": "rgb_array"} if render else {})
+    creator = rllib_env_creator(agent.env)
+    if render:
+        try:
+            return creator({**agent.env_config, "render_mode": "rgb_array"})
+        except TypeError:  # a user env that cannot render: evaluated without a GIF
+            pass
+    return creator(dict(agent.env_config))
 
 
 def make_env_creator(agent):

@@ -83,6 +83,7 @@ def play(module, agent, episodes: int, epsilon: float, max_steps: int, seed: int
     from trainyard.agents.envs import make_eval_env
 
     env = make_eval_env(agent, render=record)
+    record = record and getattr(env, "render_mode", None) == "rgb_array"
     rng = np.random.default_rng(seed)
     greedy = Greedy(module)
     result = EvalResult([], [])

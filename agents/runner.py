@@ -87,7 +87,7 @@ def build_config(spec: "RLJob", seed: int):
     replay = replay_config(agent, "EpisodeReplayBuffer", "PrioritizedEpisodeReplayBuffer")
     config = (
         DQNConfig()
-        .environment(agent.env)
+        .environment(agent.env, env_config=agent.env_config)
         .env_runners(num_env_runners=res.env_runners,
                      num_envs_per_env_runner=res.envs_per_env_runner,
                      num_cpus_per_env_runner=res.cpus_per_env_runner,

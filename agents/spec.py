@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from trainyard.agents.doom import DoomSettings
-from trainyard.agents.envs import AtariSettings, check_env_id, is_atari
+from trainyard.agents.envs import AtariSettings, check_env_id, check_user_env, is_atari, is_user_env
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 
 ALGOS = ("dqn",)
@@ -102,7 +102,13 @@ class DQNAgent(Section):
     """DQN (double, dueling, n-step, prioritized replay) on RLlib's new API stack."""
 
     algo: Literal[ALGOS] = Field("dqn", description="algorithm: " + ", ".join(ALGOS))
-    env: str = Field(..., description="Gymnasium env id, e.g. CartPole-v1 or ALE/Pong-v5")
+    # env_config comes before env so that env's check can build a user env with it.
+    env_config: dict[str, Any] = Field(default_factory=dict, description="keyword arguments "
+                                       "for a user env's constructor (module:EnvId envs and "
+                                       "plain Gymnasium ids; Atari, Doom and games have their "
+                                       "own sections)")
+    env: str = Field(..., description="Gymnasium env id, e.g. CartPole-v1 or ALE/Pong-v5, or "
+                     "your own as module:EnvId (the module registers EnvId)")
     lr: float = Field(5e-4, gt=0, le=1, description="learning rate")
     optimizer: Literal["adam", "rmsprop"] = Field(
         "adam", description="adam, or rmsprop (centered, as the Nature DQN paper trained)")
@@ -172,8 +178,16 @@ class DQNAgent(Section):
 
     @field_validator("env")
     @classmethod
-    def _known_env(cls, env: str) -> str:
-        return check_env_id(env)
+    def _known_env(cls, env: str, info: ValidationInfo) -> str:
+        env = check_env_id(env)
+        config = info.data.get("env_config") or {}
+        if config and (is_atari(env) or env.startswith(("Doom/", "OpenSpiel/"))):
+            raise ValueError(f"agent.env_config is for Gymnasium envs built from their id; "
+                             f"{env} takes its settings from agent.atari, agent.doom or the "
+                             "game itself: move them there")
+        if is_user_env(env):
+            check_user_env(env, config)
+        return env
 
     @model_validator(mode="after")
     def _fragment_holds_n_step(self) -> "DQNAgent":

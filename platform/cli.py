@@ -87,6 +87,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="the cluster's Jobs API, e.g. http://127.0.0.1:8265 (default "
                    "$RAY_ADDRESS)")
     p.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
+    p.add_argument("--code", action="append", default=[], metavar="PATH",
+                   help="a file or folder of your code the job imports, shipped beside its "
+                   "job.yaml (repeatable; a module:EnvId env's module is shipped by itself)")
 
     p = sub.add_parser("jobs", help="list the jobs on a Ray cluster")
     p.add_argument("--address", default=None)
@@ -285,8 +288,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             print(f"warning: {problem}", file=sys.stderr)
     else:  # a cluster's job may run on any of its nodes
         submit.refuse_local_storage(loaded, "trainyard submit")
+    code = submit.user_code(loaded, args.code)
     jobs = submit.client(args.address)
-    job_id = submit.submit(loaded, args.address)
+    job_id = submit.submit(loaded, args.address, code)
     address = args.address or os.environ.get("RAY_ADDRESS")
     print(f"submitted {loaded.spec.name} as Ray job {job_id} to {address}\n"
           f"  follow it:  trainyard logs {job_id} --follow --address {address}\n"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -123,13 +124,48 @@ def refuse_local_storage(loaded: LoadedSpec, where: str) -> None:
                           + "\n  - ".join(problems) + f"\n({ALLOW_LOCAL})")
 
 
-def submit(loaded: LoadedSpec, address: str | None) -> str:
-    """Submit the job; returns the Ray job id."""
+def user_code(loaded: LoadedSpec, extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
+    """The user's own files the job imports: the module of a `module:EnvId` env (its top-level
+    package, or the single file), unless it is installed in site-packages, plus `--code` paths.
+    They travel in the job's working folder, which Ray puts on every worker's sys.path."""
+    import importlib.util
+
+    paths = []
+    for path in map(Path, extra):
+        if not path.exists():
+            raise SubmitError(f"--code {path}: no such file or folder")
+        paths.append(path)
+    env = getattr(getattr(loaded.spec, "agent", None), "env", "")
+    if ":" in env:
+        found = importlib.util.find_spec(env.partition(":")[0].split(".")[0])
+        if found is not None and found.origin:
+            where = (Path(next(iter(found.submodule_search_locations)))
+                     if found.submodule_search_locations else Path(found.origin))
+            if "site-packages" not in where.parts and where not in paths:
+                paths.append(where)
+    return paths
+
+
+def _copy_code(paths: list[Path], workdir: Path) -> None:
+    for path in paths:
+        if (workdir / path.name).exists():
+            raise SubmitError(f"--code {path}: a second {path.name!r} in the job's folder")
+        if path.is_dir():
+            shutil.copytree(path, workdir / path.name,
+                            ignore=shutil.ignore_patterns("__pycache__", "*.pyc", ".git"))
+        else:
+            shutil.copy2(path, workdir / path.name)
+
+
+def submit(loaded: LoadedSpec, address: str | None, code: list[Path] | None = None) -> str:
+    """Submit the job with the user's `code` (files and folders) beside its job.yaml; returns
+    the Ray job id."""
     jobs = client(address)
     with tempfile.TemporaryDirectory() as tmp:
         wheel = build_wheel(Path(tmp, "wheel"))
         workdir = Path(tmp, "job")
         workdir.mkdir()
+        _copy_code(list(code or []), workdir)
         (workdir / "job.yaml").write_text(dump_spec(loaded.spec))
         env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "PYTHONUNBUFFERED": "1"}
         if loaded.spec.tracking.uri is None and os.environ.get("MLFLOW_TRACKING_URI"):

@@ -155,3 +155,33 @@ def test_submit_refuses_node_local_storage_naming_each_field(workdir, capsys):
     assert "tracking.uri (sqlite:///runs.db)" in err and "http://HOST:5000" in err
     assert "checkpoint.path (trainyard-runs/checkpoints)" in err and "s3://" in err
     assert "--allow-local-storage" in err and "Traceback" not in err
+
+
+def test_submit_ships_the_users_env_module_and_code_paths(workdir, capsys, monkeypatch):
+    # What reaches the Jobs API, without a cluster: the working folder holds job.yaml, the
+    # module a module:EnvId env names, and each --code path.
+    from trainyard import submit
+
+    (workdir / "shipped_envs.py").write_text(
+        "import gymnasium as gym\n"
+        "gym.register('Shipped-v0', entry_point='gymnasium.envs.classic_control:CartPoleEnv')\n")
+    (workdir / "helpers").mkdir()
+    (workdir / "helpers" / "__init__.py").write_text("X = 1\n")
+    (workdir / "job.yaml").write_text(
+        "name: mine\nkind: rl\nagent: {env: 'shipped_envs:Shipped-v0'}\n")
+    seen = {}
+
+    class Jobs:
+        def submit_job(self, entrypoint, runtime_env, metadata):
+            folder = Path(runtime_env["working_dir"])
+            seen["files"] = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+            return "raysubmit_1"
+
+    monkeypatch.setattr(submit, "client", lambda address: Jobs())
+    monkeypatch.setattr(submit, "build_wheel", lambda folder: folder)
+    assert main(["submit", "job.yaml", "--address", "http://127.0.0.1:9",
+                 "--allow-local-storage", "--code", "helpers"]) == 0
+    assert seen["files"] == ["helpers", "helpers/__init__.py", "job.yaml", "shipped_envs.py"]
+    assert main(["submit", "job.yaml", "--address", "http://127.0.0.1:9",
+                 "--allow-local-storage", "--code", "nowhere"]) == 2
+    assert "--code nowhere: no such file or folder" in capsys.readouterr().err
