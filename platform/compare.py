@@ -68,15 +68,18 @@ def headline_metrics(runs: list[dict[str, Any]]) -> list[str]:
 
 
 def differing_params(runs: list[dict[str, Any]]) -> list[str]:
-    """Params whose value is not the same in every run (a missing one counts as a value)."""
-    keys = sorted({key for run in runs for key in run["params"]})
+    """Params whose value is not the same in every run (a missing one counts as a value).
+    The sweep's own settings (`sweep.*`: its space, scheduler, sample count) describe how the
+    trials were chosen, not how one trained: a trial row beside a plain run would show them
+    all as differing, so they are left out."""
+    keys = sorted({key for run in runs for key in run["params"] if not key.startswith("sweep.")})
     return [key for key in keys if len({run["params"].get(key) for run in runs}) > 1]
 
 
 def _wall(run: dict[str, Any]) -> str:
     start = run["start_ms"]
     if not start:
-        return "-"
+        return MISSING
     end = run["end_ms"] or time.time() * 1000
     seconds = max(0, round((end - start) / 1000))
     text = (f"{seconds}s" if seconds < 60 else f"{seconds // 60}m{seconds % 60:02d}s"
@@ -84,12 +87,22 @@ def _wall(run: dict[str, Any]) -> str:
     return text if run["end_ms"] else f"{text}+"  # still running (or never closed)
 
 
+MISSING = "-"
+
+
 def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
+    """A table cell: numbers (MLflow keeps params as strings) to 4 significant digits, one
+    placeholder for a value that is not there."""
+    if value is None or value in ("", "None", "null"):
+        return MISSING
     if isinstance(value, float):
         return f"{value:.4g}"
     text = str(value)
+    if isinstance(value, str) and any(c in text for c in ".eE"):
+        try:
+            return f"{float(text):.4g}"
+        except ValueError:
+            pass
     return text if len(text) <= _WIDTH else text[:_WIDTH - 1] + "…"
 
 

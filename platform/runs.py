@@ -6,7 +6,6 @@ MLflow run, hands the workload a `RunContext`, prints progress, and records how 
 
 from __future__ import annotations
 
-import shlex
 import sys
 import time
 import traceback
@@ -161,17 +160,9 @@ def _spec_tags(spec: JobBase) -> dict[str, str]:
     return {f"{TAG}version": installed, **{f"{TAG}{key}": str(v) for key, v in own.items()}}
 
 
-def _command_line() -> str:
-    """The command that started this run, as a person would type it."""
-    program = Path(sys.argv[0]).name if sys.argv else ""
-    if program in ("trainyard", "cli.py", "__main__.py"):
-        return shlex.join(["trainyard", *sys.argv[1:]])
-    return shlex.join(sys.argv)
-
-
 def _description(text: str) -> str:
     """The run's MLflow description: the spec's own text, then the command line."""
-    command = f"Command: `{_command_line()}`"
+    command = f"Command: `{tracking.command_line()}`"
     return f"{text.rstrip()}\n\n{command}" if text.strip() else command
 
 
@@ -237,7 +228,7 @@ def resume_job(loaded: LoadedSpec, ref: RunRef, info: dict[str, Any]) -> RunOutc
     seed = int(tags.get(f"{TAG}seed", loaded.spec.seeds[0]))
     skip = tracking.last_steps(ref)
     tracking.reopen_run(ref)
-    tracking.set_tags(ref, {f"{TAG}resumed_by": " ".join(sys.argv)})
+    tracking.set_tags(ref, {f"{TAG}resumed_by": tracking.command_line()})
     ctx = RunContext(ref, seed, tags[f"{TAG}storage_path"], tags[f"{TAG}storage_name"],
                      resume=True, skip_through=skip)
     print(f"[{info['name']}] resuming MLflow run {ref.run_id} from its latest checkpoint in "

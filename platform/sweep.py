@@ -56,6 +56,8 @@ class TrialSetup:
     metric: str
     storage: str
     checkpoint_every: int | None = None  # PBT: trials checkpoint at every perturbation
+    # the user's command: in a trial's Ray worker, sys.argv is Ray's default_worker.py line
+    command: str = ""
 
 
 # ---------------------------------------------------------------- inside a trial (Tune actor)
@@ -96,7 +98,7 @@ def _child_run(setup: TrialSetup, spec: JobBase, trial_id: str, values: dict, se
         return ref, skip
     tags = {"mlflow.parentRunId": setup.parent_id, f"{TAG}sweep_id": setup.parent_id,
             f"{TAG}trial_id": trial_id, f"{TAG}kind": spec.kind, f"{TAG}job": spec.name,
-            f"{TAG}seed": str(seed)}
+            f"{TAG}seed": str(seed), **({f"{TAG}command": setup.command} if setup.command else {})}
     params = {**flatten(spec.model_dump(mode="json")), "seed": seed}
     name = f"{spec.name}-{_trial_name(trial_id)}-seed{seed}"
     ref = tracking.open_run(setup.uri, setup.experiment, name, tags, params, dump_spec(spec),
@@ -337,7 +339,8 @@ def _setup(spec: JobBase, uri: str, experiment: str, parent: RunRef, storage: st
         base=base, paths=list(sweep.space), seeds=list(spec.seeds), uri=uri,
         experiment=experiment, parent_id=parent.run_id, metric=sweep.metric,
         storage=_join(storage, parent.run_id, "trials"),
-        checkpoint_every=sweep.perturbation_interval if sweep.scheduler == "pbt" else None)
+        checkpoint_every=sweep.perturbation_interval if sweep.scheduler == "pbt" else None,
+        command=tracking.command_line())
 
 
 def _storage(spec: JobBase) -> str:
@@ -415,7 +418,7 @@ def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict) -> int:
     experiment = spec.tracking.experiment or spec.name
     setup = _setup(spec, parent.uri, experiment, parent, storage)
     tracking.reopen_run(parent)
-    tracking.set_tags(parent, {f"{TAG}resumed_by": " ".join(sys.argv)})
+    tracking.set_tags(parent, {f"{TAG}resumed_by": tracking.command_line()})
     concurrent = int(info["tags"].get(f"{TAG}max_concurrent", "1"))
     print(f"[{info['name']}] resuming sweep {parent.run_id} from {path}", flush=True)
     tuner = tune.Tuner.restore(path, _trainable(spec, setup), resume_unfinished=True,

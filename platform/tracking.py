@@ -12,6 +12,7 @@ import contextlib
 import getpass
 import logging
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -160,6 +161,14 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return found.experiment_id
 
 
+def command_line() -> str:
+    """The command that started this process, as a person would type it."""
+    program = Path(sys.argv[0]).name if sys.argv else ""
+    if program in ("trainyard", "cli.py", "__main__.py"):
+        return shlex.join(["trainyard", *sys.argv[1:]])
+    return shlex.join(sys.argv)
+
+
 def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
     """Create a run with its tags, params and the resolved job.yaml; return its reference."""
@@ -169,7 +178,7 @@ def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
         "mlflow.source.name": "trainyard", "mlflow.user": getpass.getuser(),
         "mlflow.note.content": description,
         f"{TAG}git_commit": _git_commit(), f"{TAG}host": socket.gethostname(),
-        f"{TAG}hardware": _hardware(), f"{TAG}command": " ".join(sys.argv),
+        f"{TAG}hardware": _hardware(), f"{TAG}command": command_line(),
         **{f"{TAG}version.{name}": v for name, v in _versions().items()},
         **tags,
     }

@@ -126,3 +126,14 @@ def test_missing_store_is_named_and_not_created(workdir):
     assert proc.stderr.strip() == (f"error: no tracking store at sqlite:///{missing}: pass the "
                                    "store with --tracking-uri (or set MLFLOW_TRACKING_URI)")
     assert not missing.exists()
+
+
+def test_cells_have_four_significant_digits_one_placeholder_and_no_sweep_settings():
+    from trainyard.compare import _cell, differing_params
+
+    assert [_cell(v) for v in ("0.0018000000000000002", 0.123456, "3e-05", "12", "resnet",
+                               "cnn_digits.yaml", None, "None", "")] == [
+        "0.0018", "0.1235", "3e-05", "12", "resnet", "cnn_digits.yaml", "-", "-", "-"]
+    plain = {"params": {"agent.lr": "0.001"}}
+    trial = {"params": {"agent.lr": "0.002", "sweep.num_samples": "8", "sweep.metric": "x"}}
+    assert differing_params([plain, trial]) == ["agent.lr"]

@@ -172,6 +172,9 @@ def test_asha_sweep_of_cartpole_dqn_stops_trials_and_its_best_yaml_reruns(
     for child in children:  # every trial has its own curve and its swept values as params
         assert client.get_metric_history(child.info.run_id, "train/return_mean")
         assert "agent.lr" in child.data.params
+        # the user's command, not the Ray worker's default_worker.py line
+        assert child.data.tags["trainyard.command"] == parent.data.tags["trainyard.command"]
+    assert "default_worker" not in parent.data.tags["trainyard.command"]
     metrics = parent.data.metrics
     assert metrics["sweep/trials"] == 6
     assert metrics["sweep/trials_stopped_early"] == len(stopped)
