@@ -32,7 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="trainyard", description="Train the job a YAML file describes, on Ray, into MLflow.")
     parser.add_argument("--verbose", action="store_true",
-                        help="print the whole traceback when training fails")
+                        help="show Ray's, Ray Train's and RLlib's worker output live (a run "
+                        "keeps it as its artifact logs/ray/) and print the whole traceback "
+                        "when training fails")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def job_args(p: argparse.ArgumentParser) -> None:
@@ -414,6 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     runs.LAUNCHED_AT = time.time()
     args = _parser().parse_args(argv)
+    from trainyard import launcher
+
+    launcher.VERBOSE = args.verbose
+    if not args.verbose:  # MLflow's download bars on eval/play/resume are not the user's lines
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     try:
         return COMMANDS[args.command](args)
     except SpecError as err:

@@ -12,6 +12,7 @@ import socket
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 # Ray Train's controller polls its workers every 2 s, and a worker's `ray.train.report` waits
 # for the poll that takes its previous report: with short epochs (the digits demo: 0.3 s) the
@@ -41,6 +42,25 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+# `trainyard --verbose`: the workers' output (Ray Train's, RLlib's, the user's prints) goes to
+# the terminal live. Without it the terminal keeps trainyard's own lines and a run keeps its
+# workers' output as the artifact logs/ray/ (runs.keep_ray_logs).
+VERBOSE = False
+JOINED = False  # this process joined a cluster (--address): its workers' logs are elsewhere
+
+
+def session_logs() -> Path | None:
+    """The log folder of the Ray session this process started or joined on this machine."""
+    try:
+        import ray
+
+        node = ray._private.worker.global_worker.node  # no public API names the folder
+        folder = Path(node.get_logs_dir_path())
+    except Exception:  # noqa: BLE001 - a Ray without it: the run just keeps no Ray logs
+        return None
+    return folder if folder.is_dir() else None
+
+
 class ResourceError(RuntimeError):
     """The cluster cannot give the job what its spec asks for."""
 
@@ -54,7 +74,10 @@ def ray_session(address: str | None = None, cpus: int | None = None,
     if ray.is_initialized():  # an embedding program (a test, a notebook) already started it
         yield dict(ray.cluster_resources())
         return
-    kwargs: dict = {"log_to_driver": True, "configure_logging": True,
+    global JOINED
+    JOINED = bool(address)
+    # On a cluster the workers' logs stay on their nodes, so they stream here as before.
+    kwargs: dict = {"log_to_driver": VERBOSE or bool(address), "configure_logging": True,
                     "logging_level": "WARNING"}
     users_port = os.environ.get("RAY_GCS_SERVER_PORT")
     if address:

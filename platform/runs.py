@@ -7,6 +7,7 @@ MLflow run, hands the workload a `RunContext`, prints progress, and records how 
 from __future__ import annotations
 
 import sys
+import tempfile
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -93,7 +94,7 @@ def _run_name(spec: JobBase, seed: int) -> str:
 def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
     """Train, print progress, close the MLflow run with its status. Re-raises failures."""
     workload = get_workload(spec.kind)
-    start = time.monotonic()
+    start, wall_start = time.monotonic(), time.time()
     ctx.progress = ProgressChannel()
     printer = ProgressPrinter(ctx.progress, f"[{label}]", workload.headline_metric)
     status = "FAILED"
@@ -115,8 +116,39 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
         tracking.log_text(ctx.run, traceback.format_exc(), "logs/traceback.txt")
         raise RunFailed.of(label, ctx.run.run_id, err) from err
     finally:
+        keep_ray_logs(ctx.run, wall_start)
         tracking.close_run(ctx.run, status, curves_of=curve_keys(ctx.run))
     return RunOutcome(ctx.run.run_id, label, status, metrics, time.monotonic() - start)
+
+
+RAY_LOG_TAIL = 2 << 20  # bytes kept of each worker log: a chatty worker cannot fill the store
+
+
+def keep_ray_logs(ref: RunRef, since: float) -> None:
+    """Copy the output of this machine's Ray workers that wrote during the run (Ray Train
+    workers and controller, env runners, trial actors) into the run's artifacts, logs/ray/:
+    the terminal no longer shows it (launcher.VERBOSE), so the run keeps it."""
+    from trainyard import launcher
+
+    folder = None if launcher.JOINED else launcher.session_logs()
+    if folder is None:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        kept = 0
+        for log in sorted(folder.glob("worker-*")):
+            try:
+                if log.suffix not in (".out", ".err") or log.stat().st_mtime < since:
+                    continue
+                with open(log, "rb") as source:
+                    source.seek(max(0, log.stat().st_size - RAY_LOG_TAIL))
+                    data = source.read()
+            except OSError:  # a worker's file rotated away meanwhile
+                continue
+            if data.strip():
+                Path(tmp, log.name).write_bytes(data)
+                kept += 1
+        if kept:
+            tracking.log_artifacts(ref, tmp, "logs/ray")
 
 
 class RunFailed(RuntimeError):

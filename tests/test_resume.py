@@ -37,7 +37,11 @@ def test_killed_supervised_run_resumes_in_the_same_mlflow_run(workdir, store_uri
     assert client.get_run(run_id).info.status == "RUNNING"  # killed: nobody closed it
 
     assert main(["resume", run_id]) == 0
-    assert "resuming MLflow run " + run_id in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "resuming MLflow run " + run_id in out
+    assert "pid=" not in out  # Ray's workers print to the run's logs/ray/, not the terminal
+    kept = [f.path for f in client.list_artifacts(run_id, "logs/ray")]
+    assert any(path.startswith("logs/ray/worker-") for path in kept), kept
 
     after = client.get_run(run_id)
     assert after.info.status == "FINISHED"
