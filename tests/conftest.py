@@ -143,7 +143,10 @@ def wait_for(predicate, proc, timeout_s=240):
 
 
 def kill_group(proc):
-    os.killpg(proc.pid, signal.SIGKILL)
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:  # it had ended (and wait_for said so)
+        pass
     proc.wait(timeout=30)
 
 

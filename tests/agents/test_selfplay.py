@@ -374,8 +374,11 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
     from conftest import REPO, checkpointed_run, kill_group, metric_steps, start_run, wait_for
     from trainyard.cli import main
 
+    # the shipped config checkpoints every 20 iterations (~20k moves): here every 3, so the
+    # kill comes a few thousand moves in
     proc = start_run(REPO / TTT_JOB, [f"stop.env_steps={TTT_STEPS}", "evaluation.episodes=100",
-                                      "tracking.system_metrics=false"], workdir)
+                                      "tracking.system_metrics=false",
+                                      "checkpoint.every_iterations=3"], workdir)
     client = MlflowClient(store_uri)
 
     def snapshots_saved(run):
@@ -387,8 +390,10 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
         run = checkpointed_run(client, "selfplay", workdir)
         return run if run is not None and snapshots_saved(run) else None
 
-    run = wait_for(league_saved, proc)
-    kill_group(proc)  # early: the replay lost is a few hundred moves before learning starts
+    try:
+        run = wait_for(league_saved, proc, timeout_s=420)
+    finally:
+        kill_group(proc)  # early: the replay lost is a few thousand moves; none left behind
     rid = run.info.run_id
     before = snapshots_saved(run)  # in the latest checkpoint, the one resume starts from
     assert before >= 1
