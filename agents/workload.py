@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainyard.agents.spec import ALGOS, RLJob
+from trainyard.agents.spec import RLJob
 from trainyard.workloads import Workload
 
 
@@ -54,6 +54,6 @@ def _run_tags(spec: RLJob) -> dict[str, str]:
 
 
 WORKLOAD = Workload(kind="rl", spec_model=RLJob, train=_train,
-                    headline_metric="eval/return_mean", names={"agent.algo": ALGOS},
+                    headline_metric="eval/return_mean",
                     run_tags=_run_tags, step_axis="env steps sampled", evaluate=_evaluate,
                     play=_play)

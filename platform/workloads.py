@@ -3,16 +3,33 @@
 The core never imports `trainyard.supervised` or `trainyard.agents`. Each workload publishes a
 `Workload` under the `trainyard.workloads` entry-point group (see pyproject.toml); a third-party
 package can add a kind the same way.
+
+The plug-in contract, for a new `kind`:
+
+- `spec_model`: a `trainyard.spec.JobBase` subclass with `kind: Literal["yourkind"]`; loading,
+  overrides, file:line errors, `validate` and sweeps come from the core.
+- `train(spec, ctx)` runs one seed and returns its final metrics. `ctx` is a
+  `trainyard.runs.RunContext`: `ctx.run` (the open MLflow run), `ctx.seed`,
+  `ctx.logger()` (logs metrics at a step, skipping steps a resumed run already has),
+  `ctx.emit(label, metrics)` (the terminal's progress line), `ctx.startup_seconds()`,
+  `ctx.resume` and `ctx.restore_from` (start from a checkpoint), `ctx.report(...)` (a sweep
+  trial's results to Tune), `ctx.storage_path`/`ctx.storage_name` (where checkpoints go).
+- Checkpoints: folders named `checkpoint_<step>` under `storage_path/storage_name`, written
+  whole into a temporary folder and renamed, holding only data the loaders in
+  `trainyard.checkpoints` can read without running code (msgpack, `weights_only` torch
+  files, JSON); `trainyard resume` hands the newest one back as `ctx.restore_from`.
+- Raise `trainyard.spec.UserInputError` for what the user must fix (one line, exit 2); any
+  other exception fails the run (one line, exit 1, the traceback kept as an artifact).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from trainyard.runs import RunContext
@@ -31,8 +48,6 @@ class Workload:
     train: Callable[["JobBase", "RunContext"], dict[str, float]]
     #: metric shown on the progress line and summarised at the end
     headline_metric: str
-    #: names the spec's kind-specific fields accept (for the error messages and docs)
-    names: dict[str, Any] = field(default_factory=dict)
     #: what the runs of a job are filtered by in MLflow, as tags: fn(spec) -> {name: value},
     #: e.g. {"model": "resnet", "dataset": "digits"}; the core prefixes the names "trainyard."
     run_tags: Callable[["JobBase"], dict[str, str]] | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trainyard.supervised.spec import ARCHS, DATASETS, SupervisedJob
+from trainyard.supervised.spec import SupervisedJob
 from trainyard.workloads import Workload
 
 
@@ -18,5 +18,4 @@ def _run_tags(spec: SupervisedJob) -> dict[str, str]:
 
 WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
                     headline_metric="val/accuracy",
-                    names={"model.arch": ARCHS, "data.name": DATASETS},
                     run_tags=_run_tags, step_axis="optimizer steps")
