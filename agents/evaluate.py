@@ -80,7 +80,7 @@ def play(module, agent, episodes: int, epsilon: float, max_steps: int, seed: int
          record: bool = False) -> EvalResult:
     """Play `episodes` full episodes of the agent spec's env; record the first one's frames
     when `record`."""
-    from trainyard.agents.envs import make_eval_env
+    from trainyard.agents.env_factory import make_eval_env
 
     env = make_eval_env(agent, render=record)
     record = record and getattr(env, "render_mode", None) == "rgb_array"

@@ -16,7 +16,7 @@ double-Q training forward our DQN modules share (`LeanDoubleQ`).
   inside `compute_loss_for_module`); clipping keeps the bootstrap honest. Masked (-inf) moves
   stay -inf.
 - `board_symmetries` (self-play): each replayed transition is seen through a random symmetry
-  of the board (`trainyard.agents.selfplay.symmetric_batch`).
+  of the board (`trainyard.agents.symmetry.symmetric_batch`).
 - Recurrent Q-networks: the loss of replayed sequences is `trainyard.agents.recurrent`'s
   (n-step targets along the sequence, per-sequence priorities).
 """
@@ -176,7 +176,7 @@ class DQNLearner(DQNTorchLearner):
     def _update(self, batch):
         symmetries = self.config.learner_config_dict.get("board_symmetries")
         if symmetries:
-            from trainyard.agents.selfplay import symmetric_batch
+            from trainyard.agents.symmetry import symmetric_batch
 
             tables = self._symmetry_tables(symmetries)
             batch = {mid: symmetric_batch(b, tables) if Columns.OBS in b else b
@@ -186,7 +186,7 @@ class DQNLearner(DQNTorchLearner):
     def _symmetry_tables(self, symmetries: dict):
         if getattr(self, "_symmetries", None) is None:
             from trainyard.agents.games import game_info
-            from trainyard.agents.selfplay import board_symmetries
+            from trainyard.agents.symmetry import board_symmetries
 
             self._symmetries = board_symmetries(game_info(symmetries["game"]),
                                                 symmetries["mirror"], symmetries["rotations"])

@@ -338,7 +338,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
     """Train until a stop condition; return the last metrics."""
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
 
     root = Path(ctx.storage_path) / ctx.storage_name
     _quiet_rllib()
@@ -577,7 +577,7 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
     """`trainyard eval`: play a run's latest checkpoint; print the returns, maybe a GIF."""
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
     from trainyard.agents.evaluate import play, write_gif
 
     folder, progress = _latest_checkpoint(storage)

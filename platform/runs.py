@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -48,6 +49,9 @@ class RunContext:
     restore_from: str | None = None
     #: results handed to Tune that carried `tune_metric`
     tune_reports: int = 0
+    #: inside a sweep trial: fn(ctx, metrics, checkpoint_folder) handing a result to Tune
+    #: (handed in by the sweep, so that runs need not import it)
+    reporter: Callable[..., None] | None = None
 
     def logger(self) -> tracking.RunLogger:
         return tracking.RunLogger(self.run, self.skip_through)
@@ -67,10 +71,8 @@ class RunContext:
         may stop the trial here (ASHA) or restart it from another trial's checkpoint (PBT).
         Called by the process that drives the job, never by a Train worker.
         """
-        if self.tune_metric is not None:
-            from trainyard.sweep import report_to_tune
-
-            report_to_tune(self, metrics, checkpoint_folder)
+        if self.reporter is not None:
+            self.reporter(self, metrics, checkpoint_folder)
 
 
 @dataclass

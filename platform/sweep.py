@@ -128,7 +128,8 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     try:
         with checkpoint.as_directory() if checkpoint else nullcontext(None) as folder:
             ctx = RunContext(ref, seed, setup.storage, f"{trial_id}-{time.time_ns()}",
-                             skip_through=skip, tune_metric=setup.metric, restore_from=folder)
+                             skip_through=skip, tune_metric=setup.metric, restore_from=folder,
+                             reporter=report_to_tune)
             get_workload(spec.kind).train(spec, ctx)
         if ctx.tune_reports == 0 and checkpoint is None:  # (a restored trial may have been
             # handed a checkpoint of a finished trial: then it has nothing left to report)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from trainyard.agents import atari
-from trainyard.agents.envs import AtariSettings, make_eval_env, rom_name
+from trainyard.agents.env_factory import make_eval_env
+from trainyard.agents.envs import AtariSettings, rom_name
 from trainyard.agents.spec import DQNAgent
 
 
@@ -186,7 +187,7 @@ def test_pong_run_trains_evaluates_whole_games_and_replays(workdir, store_uri, c
 
 
 def test_flickering_frames_are_blanked_at_the_asked_rate_and_keep_a_channel():
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
 
     agent = DQNAgent(env="ALE/Pong-v5", atari={"frame_stack": 1, "flicker": 0.5},
                      recurrent={"seq_len": 10, "burn_in": 2, "overlap": 5})

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from trainyard.agents.envs import POMDP, check_env_id, make_env_creator, make_eval_env
+from trainyard.agents.env_factory import make_env_creator, make_eval_env
+from trainyard.agents.envs import POMDP, check_env_id
 from trainyard.agents.spec import DQNAgent, Recurrent
 
 

@@ -226,7 +226,7 @@ def test_a_transformed_transition_is_the_transformed_game(info, rotations, count
     import torch
     from ray.rllib.core.columns import Columns
 
-    from trainyard.agents.selfplay import board_symmetries, symmetric_batch
+    from trainyard.agents.symmetry import board_symmetries, symmetric_batch
 
     cells, moves_table = tables = board_symmetries(info, mirror=True, rotations=rotations)
     assert len(cells) == count and (cells[0] == torch.arange(info.rows * info.cols)).all()
@@ -318,7 +318,7 @@ def test_a_snapshot_is_a_frozen_deep_copy_of_main():
     import ray
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
     from trainyard.agents.runner import _league, build_config
     from trainyard.agents.selfplay import MAIN
 

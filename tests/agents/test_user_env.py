@@ -66,7 +66,7 @@ def test_a_user_env_loads_with_its_config(workdir):
     job = _job(workdir, "envs_ok", "RepeatFirst-v0", "stop: {env_steps: 100}\n")
     agent = load_spec(job, ["agent.env_config.length=5"]).spec.agent
     assert agent.env == "envs_ok:RepeatFirst-v0" and agent.env_config == {"length": 5}
-    from trainyard.agents.envs import make_eval_env
+    from trainyard.agents.env_factory import make_eval_env
 
     env = make_eval_env(agent)
     env.reset(seed=0)

@@ -43,7 +43,7 @@ def _spec(**overrides):
 def _algo(spec):
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
     from trainyard.agents.runner import _quiet_rllib, build_config
 
     _quiet_rllib()

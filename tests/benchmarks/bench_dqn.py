@@ -154,7 +154,7 @@ def trainyard(counter: Counter, game: str, overrides: dict) -> None:
     import ray
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
     from trainyard.agents.runner import _quiet_rllib, build_config
     from trainyard.loader import load_spec
 
@@ -298,7 +298,7 @@ def sampling(seconds: float, window: float) -> tuple[float, float]:
     import ray
     from ray.tune.registry import register_env
 
-    from trainyard.agents.envs import make_env_creator
+    from trainyard.agents.env_factory import make_env_creator
     from trainyard.agents.runner import _quiet_rllib, build_config
     from trainyard.loader import load_spec
 
