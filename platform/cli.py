@@ -412,12 +412,11 @@ COMMANDS["play"] = _cmd_play
 def main(argv: Sequence[str] | None = None) -> int:
     import time
 
-    from trainyard import runs
-
-    runs.LAUNCHED_AT = time.time()
-    args = _parser().parse_args(argv)
     from trainyard import launcher
 
+    # (runs, and with it MLflow's 3 s import, is loaded only by the commands that train)
+    launcher.LAUNCHED_AT = time.time()
+    args = _parser().parse_args(argv)
     launcher.VERBOSE = args.verbose
     if not args.verbose:  # MLflow's download bars on eval/play/resume are not the user's lines
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -439,7 +438,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _fail(str(err), NO_RESOURCES)
         if isinstance(err, (SubmitError, UserInputError)):
             return _fail(str(err), BAD_INPUT)
-        if isinstance(err, runs.RunFailed):
+        from trainyard.runs import RunFailed
+
+        if isinstance(err, RunFailed):
             if args.verbose:
                 import traceback
 

@@ -46,6 +46,7 @@ def _free_port() -> int:
 # the terminal live. Without it the terminal keeps trainyard's own lines and a run keeps its
 # workers' output as the artifact logs/ray/ (runs.keep_ray_logs).
 VERBOSE = False
+LAUNCHED_AT: float | None = None  # when the command started (perf/startup_s counts from it)
 JOINED = False  # this process joined a cluster (--address): its workers' logs are elsewhere
 
 

@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from trainyard import tracking
+from trainyard import launcher, tracking
 from trainyard.loader import LoadedSpec, dump_spec, validate_data
 from trainyard.progress import ProgressChannel, ProgressPrinter
 from trainyard.spec import JobBase, flatten, one_line
@@ -24,7 +24,6 @@ from trainyard.tracking import TAG, RunRef
 from trainyard.workloads import get_workload
 
 #: set by the CLI when the command starts
-LAUNCHED_AT: float | None = None
 
 
 @dataclass
@@ -42,7 +41,7 @@ class RunContext:
     skip_through: dict[str, int] = field(default_factory=dict)
     progress: ProgressChannel | None = None
     #: wall-clock time the command started (for perf/startup_s: command to first step)
-    launched_at: float = field(default_factory=lambda: LAUNCHED_AT or time.time())
+    launched_at: float = field(default_factory=lambda: launcher.LAUNCHED_AT or time.time())
     #: inside a sweep trial: the metric Tune optimises (results then go to Tune too)
     tune_metric: str | None = None
     #: a checkpoint folder to start from (a sweep trial restored by Tune, or PBT's exploit)
