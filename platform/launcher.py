@@ -15,18 +15,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 # Ray Train's controller polls its workers every 2 s, and a worker's `ray.train.report` waits
-# for the poll that takes its previous report: with short epochs (the digits demo: 0.3 s) the
-# wait was 85% of the run. Polling is not free on a small machine, though: every poll wakes
-# the controller and the worker, and on 2 cores each wake-up is taken from a training thread
-# that the other one then waits for. A 2-thread plain loop beside an idle 1-worker Ray Train
-# run, with Ray frozen (SIGSTOP) in every other 2 s window: 0.87x at 0.25 s, 0.93x at 0.5 s,
-# 0.95x at 2 s. 0.5 s keeps the short-epoch runs fast. Set before ray.init so Ray's processes
-# inherit it.
-os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-# Ray starts its workers at nice 15, below its own daemons and everything else on the machine.
-# On a box with few cores the training workers then lose time slices to every other process:
-# a bare Ray actor ran the digits loop at 0.93x the same loop in the driver, 0.98x at nice 0
-# (tests/benchmarks/bench_supervised.py). The workers are the job; give them normal priority.
+# for the poll that takes its previous report, so short epochs spent most of their time
+# waiting. Each poll also wakes two processes that take a time slice from a training thread
+# on a small machine. TRAIN_POLL_S balances the two (README, "Figures": the supervised
+# throughput paragraph has the measurements). Set before ray.init so Ray's processes inherit
+# it; `trainyard submit` gives cluster jobs the same value.
+TRAIN_POLL_S = "0.5"
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", TRAIN_POLL_S)
+# Ray starts its workers at nice 15, below its own daemons and everything else on the machine,
+# so on a box with few cores the training workers lose time slices to every other process.
+# The workers are the job; give them normal priority.
 os.environ.setdefault("RAY_worker_niceness", "0")
 
 
@@ -110,8 +108,7 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         # store"). Off for local sessions unless the user set it; a cluster keeps its own.
         # Ray Train's Prometheus metrics, its JSON log files and the state actor's periodic
         # check on dead controllers serve a cluster's dashboards; on this machine they only
-        # take time from the training threads (with the 0.5 s poll, one measurement each as above:
-        # 0.95x with them off, 0.93x on). Off for local sessions unless the user set them.
+        # take time from the training threads. Off for local sessions unless the user set them.
         for name in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", *LOCAL_OFF):
             if name not in os.environ:
                 env_vars[name] = "0"

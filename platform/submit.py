@@ -21,6 +21,7 @@ import time
 import zipfile
 from pathlib import Path
 
+from trainyard.launcher import TRAIN_POLL_S
 from trainyard.loader import LoadedSpec, dump_spec
 from trainyard.tracking import resolve_uri
 
@@ -167,7 +168,7 @@ def submit(loaded: LoadedSpec, address: str | None, code: list[Path] | None = No
         workdir.mkdir()
         _copy_code(list(code or []), workdir)
         (workdir / "job.yaml").write_text(dump_spec(loaded.spec))
-        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25", "PYTHONUNBUFFERED": "1"}
+        env = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": TRAIN_POLL_S, "PYTHONUNBUFFERED": "1"}
         if loaded.spec.tracking.uri is None and os.environ.get("MLFLOW_TRACKING_URI"):
             env["MLFLOW_TRACKING_URI"] = resolve_uri(None)
         deadline = time.monotonic() + AGENT_WAIT_S
