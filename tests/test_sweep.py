@@ -293,7 +293,7 @@ def test_pbt_restarts_a_supervised_trial_from_another_trials_checkpoint(workdir,
             "-o", "tracking.experiment=digits-pbt",
             "-o", "sweep={metric: val/accuracy, scheduler: pbt, num_samples: 2, "
                   "perturbation_interval: 1, pbt_synch: true, "
-                  "space: {train.lr: 'loguniform(1e-5, 1e-2)'}}"]
+                  "space: {train.lr: 'loguniform(1e-3, 1e-2)'}}"]  # both learn in 2 epochs
     assert main(args) == 0
     client = MlflowClient(store_uri)
     parent, children = _parent_and_children(client, "digits-pbt")
