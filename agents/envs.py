@@ -215,13 +215,14 @@ def check_env_id(env_id: str) -> str:
         return _check_user_env_id(env_id)
     # Each family is looked up alone: a CartPole job imports neither ale-py nor MinAtar
     # (MinAtar pulls in seaborn: 4 s of a 5.5 s `trainyard validate`), a game no ViZDoom.
-    if env_id in gym.registry or env_id in POMDP or env_id in {PREFIX + g for g in GAMES}:
+    games = {PREFIX + game for game in GAMES}
+    if env_id in gym.registry or env_id in POMDP or env_id in games:
         return env_id
     if env_id.startswith("Doom/") and env_id in doom.env_ids():
         return env_id
     if env_id in MINATAR_IDS or env_id.startswith("ALE/") and env_id in _family_ids(env_id):
         return env_id
-    known = known_env_ids() | {PREFIX + game for game in GAMES} | doom.env_ids() | set(POMDP)
+    known = known_env_ids() | games | doom.env_ids() | set(POMDP)
     if env_id in known:
         return env_id
     lowered = {k.lower(): k for k in known}

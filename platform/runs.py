@@ -23,8 +23,6 @@ from trainyard.spec import JobBase, flatten, one_line
 from trainyard.tracking import TAG, RunRef
 from trainyard.workloads import get_workload
 
-#: set by the CLI when the command starts
-
 
 @dataclass
 class RunContext:
@@ -129,8 +127,6 @@ def keep_ray_logs(ref: RunRef, since: float) -> None:
     """Copy the output of this machine's Ray workers that wrote during the run (Ray Train
     workers and controller, env runners, trial actors) into the run's artifacts, logs/ray/:
     the terminal no longer shows it (launcher.VERBOSE), so the run keeps it."""
-    from trainyard import launcher
-
     folder = None if launcher.JOINED else launcher.session_logs()
     if folder is None:
         return
@@ -138,10 +134,11 @@ def keep_ray_logs(ref: RunRef, since: float) -> None:
         kept = 0
         for log in sorted(folder.glob("worker-*")):
             try:
-                if log.suffix not in (".out", ".err") or log.stat().st_mtime < since:
+                stat = log.stat()
+                if log.suffix not in (".out", ".err") or stat.st_mtime < since:
                     continue
                 with open(log, "rb") as source:
-                    source.seek(max(0, log.stat().st_size - RAY_LOG_TAIL))
+                    source.seek(max(0, stat.st_size - RAY_LOG_TAIL))
                     data = source.read()
             except OSError:  # a worker's file rotated away meanwhile
                 continue
