@@ -60,6 +60,24 @@ def session_logs() -> Path | None:
     return folder if folder.is_dir() else None
 
 
+def preload(modules: tuple[str, ...]) -> None:
+    """Import `modules` in a background thread. Starting Ray is mostly waiting (for the GCS,
+    the raylet, the dashboard to come up) and the imports a run needs next (torch, MLflow's
+    store, the engine) are mostly CPU, so they go side by side; the main thread's own import
+    of a module still loading waits for it under Python's import lock."""
+    import importlib
+    import threading
+
+    def load() -> None:
+        for name in ("mlflow.store.tracking.sqlalchemy_store", *modules):
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the main thread's own import reports it
+                return
+
+    threading.Thread(target=load, name="trainyard-preload", daemon=True).start()
+
+
 class ResourceError(RuntimeError):
     """The cluster cannot give the job what its spec asks for."""
 

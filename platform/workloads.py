@@ -59,6 +59,9 @@ class Workload:
     #: `trainyard play RUN_ID`: fn(spec, run_info, human_first) -> the person's result;
     #: None when the kind has no such thing
     play: Callable[..., int] | None = None
+    #: modules `train` will import (torch, the engine, the workload's trainer): the CLI
+    #: imports them in a background thread while Ray starts, which mostly waits
+    preload: tuple[str, ...] = ()
 
 
 @cache

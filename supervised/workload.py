@@ -18,4 +18,6 @@ def _run_tags(spec: SupervisedJob) -> dict[str, str]:
 
 WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
                     headline_metric="val/accuracy",
-                    run_tags=_run_tags, step_axis="optimizer steps")
+                    run_tags=_run_tags, step_axis="optimizer steps",
+                    preload=("torch", "trainyard.supervised.trainer",
+                             "trainyard.supervised.data"))

@@ -50,6 +50,7 @@ def test_embedded_ray_dashboard_listens_on_loopback_only(workdir):
         assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
 
 
+@pytest.mark.slow
 def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir):
     """Ray Train's placement-group cleaner asks Ray's state API about its controller without
     an address; with a second Ray instance on the machine (another trainyard job) that raised
@@ -83,6 +84,7 @@ def test_cluster_code_finds_its_own_ray_when_another_runs_on_the_machine(workdir
         other.wait()
 
 
+@pytest.mark.slow
 def test_a_ray_started_with_ray_start_on_the_machine_is_left_alone(workdir):
     """`ray start --head` (or any cluster started from Ray's cluster utilities) writes its
     address to /tmp/ray/ray_current_cluster, and a plain `ray.init(num_cpus=...)` joins it and

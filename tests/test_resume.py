@@ -6,6 +6,7 @@ self-play with its league in tests/agents/test_selfplay.py (the one tic-tac-toe 
 
 from __future__ import annotations
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import (
@@ -19,6 +20,7 @@ from conftest import (
 from trainyard.cli import main
 
 
+@pytest.mark.slow
 def test_killed_supervised_run_resumes_in_the_same_mlflow_run(workdir, store_uri, capsys):
     proc = start_run(DIGITS, ["stop.epochs=10", "checkpoint.every_epochs=2",
                            "tracking.experiment=resume"], workdir)

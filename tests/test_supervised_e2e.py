@@ -71,6 +71,7 @@ def test_demo_job_reaches_97_percent_and_lands_in_mlflow(ray_once, workdir, stor
     assert len(kept) == 2
 
 
+@pytest.mark.slow
 def test_one_mlflow_run_per_seed_and_a_time_budget_ends_both_ranks_together(
         ray_once, workdir, store_uri):
     """Two seeds, two MLflow runs named by seed. stop.minutes is decided on rank 0 and shared:

@@ -9,6 +9,7 @@ import sys
 import time
 import urllib.request
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import free_port, listening_addresses
@@ -46,6 +47,7 @@ def test_run_gets_provenance_and_job_yaml(store_uri):
     assert artifact_uri.startswith("file://") and "trainyard-runs/artifacts" in artifact_uri
 
 
+@pytest.mark.slow
 def test_ui_serves_the_store_on_loopback_only(store_uri):
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "trainyard.cli", "ui", "--port", str(port),

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import env_without_tracking
@@ -34,6 +35,7 @@ print(ref.run_id)
 """
 
 
+@pytest.mark.slow
 def test_four_writers_at_once_lose_no_metric_point(workdir, store_uri):
     start_at = time.time() + 12  # after all four have imported mlflow and opened their run
     procs = [subprocess.Popen([sys.executable, "-c", WRITER, store_uri, str(i), str(start_at),

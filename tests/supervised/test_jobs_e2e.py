@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO
@@ -31,6 +32,7 @@ def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
     return {a.path for a in client.list_artifacts(run_id, folder)}
 
 
+@pytest.mark.slow
 def test_char_lm_logs_bits_per_char_samples_and_a_registered_model(ray_once, workdir,
                                                                    store_uri):
     run_job("transformer_charlm.yaml", "stop.epochs=2", "train.steps_per_epoch=4",
@@ -54,6 +56,7 @@ def test_char_lm_logs_bits_per_char_samples_and_a_registered_model(ray_once, wor
     assert [v.run_id for v in versions] == [run.info.run_id]
 
 
+@pytest.mark.slow
 def test_mlflow_model_loads_and_predicts(ray_once, workdir, store_uri):
     import mlflow.pyfunc
 
@@ -66,6 +69,7 @@ def test_mlflow_model_loads_and_predicts(ray_once, workdir, store_uri):
     assert np.asarray(model.predict(rows)).shape == (3, 10)
 
 
+@pytest.mark.slow
 def test_fine_tuning_from_a_run_starts_ahead(ray_once, workdir, store_uri):
     run_job("cnn_digits.yaml", "stop.epochs=4", "tracking.experiment=source")
     _, source = last_run(store_uri, "source")
@@ -79,6 +83,7 @@ def test_fine_tuning_from_a_run_starts_ahead(ray_once, workdir, store_uri):
     assert tuned.data.metrics["val/accuracy"] > scratch.data.metrics["val/accuracy"] + 0.1
 
 
+@pytest.mark.slow
 def test_table_job_through_ray_data(ray_once, workdir, store_uri):
     import pandas as pd
     from sklearn.datasets import load_digits
@@ -100,6 +105,7 @@ def test_table_job_through_ray_data(ray_once, workdir, store_uri):
     assert run.data.metrics["val/accuracy"] > 0.5
 
 
+@pytest.mark.slow
 def test_streamed_table_trains_two_ddp_ranks_from_ray_data_shards(ray_once, workdir,
                                                                    store_uri):
     """data.stream: the training rows stay in Parquet files that each worker streams its own
@@ -134,6 +140,7 @@ def test_streamed_table_trains_two_ddp_ranks_from_ray_data_shards(ray_once, work
     assert steps[:2] == [20, 40]
 
 
+@pytest.mark.slow
 def test_early_stopping_ends_the_run_when_validation_stalls(ray_once, workdir, store_uri):
     # lr ~ 0: validation accuracy cannot improve after epoch 1, so patience 1 stops at epoch 2
     run_job("transformer_classifier.yaml", "stop.epochs=10", "stop.patience=1",
