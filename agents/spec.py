@@ -326,7 +326,7 @@ class RLJob(JobBase):
         if self.resources.env_runners < 1:
             raise ValueError("agent.async_sampling needs remote env runners to sample while "
                              "the learner updates: set resources.env_runners to 1 or more")
-        from trainyard.agents.runner import uses_lean_step
+        from trainyard.agents.rl_config import uses_lean_step
 
         if not uses_lean_step(self):
             raise ValueError("agent.async_sampling runs in trainyard's lean DQN step, which "

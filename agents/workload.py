@@ -20,7 +20,7 @@ def _storage(run_info):
 
 
 def _evaluate(spec, run_info, episodes, epsilon, video, opponent=None):
-    from trainyard.agents.runner import evaluate_run, evaluate_selfplay
+    from trainyard.agents.saved_run import evaluate_run, evaluate_selfplay
     from trainyard.spec import UserInputError
 
     storage = _storage(run_info)
@@ -40,7 +40,7 @@ def _evaluate(spec, run_info, episodes, epsilon, video, opponent=None):
 
 
 def _play(spec, run_info, human_first: bool) -> int:
-    from trainyard.agents.runner import play_human
+    from trainyard.agents.saved_run import play_human
     from trainyard.spec import UserInputError
 
     if spec.selfplay is None:
@@ -56,4 +56,6 @@ def _run_tags(spec: RLJob) -> dict[str, str]:
 WORKLOAD = Workload(kind="rl", spec_model=RLJob, train=_train,
                     headline_metric="eval/return_mean",
                     run_tags=_run_tags, step_axis="env steps sampled", evaluate=_evaluate,
-                    play=_play)
+                    play=_play,
+                    preload=("torch", "ray.rllib.algorithms.dqn", "trainyard.agents.learner",
+                             "trainyard.agents.lean_dqn", "trainyard.agents.env_factory"))

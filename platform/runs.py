@@ -16,7 +16,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from trainyard import launcher, tracking
+from trainyard import launcher, provenance, tracking
 from trainyard.loader import LoadedSpec, dump_spec, validate_data
 from trainyard.progress import ProgressChannel, ProgressPrinter
 from trainyard.spec import JobBase, flatten, one_line
@@ -192,7 +192,7 @@ def _spec_tags(spec: JobBase) -> dict[str, str]:
 
 def _description(text: str) -> str:
     """The run's MLflow description: the spec's own text, then the command line."""
-    command = f"Command: `{tracking.command_line()}`"
+    command = f"Command: `{provenance.command_line()}`"
     return f"{text.rstrip()}\n\n{command}" if text.strip() else command
 
 
@@ -258,7 +258,7 @@ def resume_job(loaded: LoadedSpec, ref: RunRef, info: dict[str, Any]) -> RunOutc
     seed = int(tags.get(f"{TAG}seed", loaded.spec.seeds[0]))
     skip = tracking.last_steps(ref)
     tracking.reopen_run(ref)
-    tracking.set_tags(ref, {f"{TAG}resumed_by": tracking.command_line()})
+    tracking.set_tags(ref, {f"{TAG}resumed_by": provenance.command_line()})
     ctx = RunContext(ref, seed, tags[f"{TAG}storage_path"], tags[f"{TAG}storage_name"],
                      resume=True, skip_through=skip)
     print(f"[{info['name']}] resuming MLflow run {ref.run_id} from its latest checkpoint in "

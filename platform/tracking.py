@@ -12,20 +12,20 @@ import contextlib
 import getpass
 import logging
 import os
-import shlex
 import socket
-import subprocess
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
+
+from trainyard import provenance
 
 # MLflow announces its database migrations at INFO on every first use of a store.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -88,56 +88,6 @@ def _artifact_root(uri: str) -> str | None:
     return None
 
 
-def _git_commit() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(["git", "-C", str(here), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return out + ("-dirty" if dirty else "")
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def _versions() -> dict[str, str]:
-    found = {}
-    for package in ("trainyard", "torch", "ray", "mlflow", "gymnasium", "numpy"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            found[package] = "absent"
-    return found
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith(("model name", "Model", "Hardware")) and ":" in line:
-                return " ".join(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    import platform  # the standard library's (platform/ has no __init__.py)
-
-    return platform.processor() or platform.machine() or "cpu"
-
-
-def _hardware() -> str:
-    """CPU count and model, then GPU count and model where torch sees any, e.g.
-    "96 CPUs (AMD EPYC 7R13 Processor); 8x NVIDIA A100-SXM4-80GB"."""
-    described = f"{os.cpu_count()} CPUs ({_cpu_model()})"
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            names = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            gpus = ", ".join(f"{names.count(n)}x {n}" for n in dict.fromkeys(names))
-            described += f"; {gpus}"
-    except ImportError:
-        pass
-    return described
-
-
 @dataclass(frozen=True)
 class RunRef:
     """A run that exists in a tracking store; picklable, so it can travel to Ray workers."""
@@ -161,14 +111,6 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
         return found.experiment_id
 
 
-def command_line() -> str:
-    """The command that started this process, as a person would type it."""
-    program = Path(sys.argv[0]).name if sys.argv else ""
-    if program in ("trainyard", "cli.py", "__main__.py"):
-        return shlex.join(["trainyard", *sys.argv[1:]])
-    return shlex.join(sys.argv)
-
-
 def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
     """Create a run with its tags, params and the resolved job.yaml; return its reference."""
@@ -177,9 +119,10 @@ def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
     all_tags = {
         "mlflow.source.name": "trainyard", "mlflow.user": getpass.getuser(),
         "mlflow.note.content": description,
-        f"{TAG}git_commit": _git_commit(), f"{TAG}host": socket.gethostname(),
-        f"{TAG}hardware": _hardware(), f"{TAG}command": command_line(),
-        **{f"{TAG}version.{name}": v for name, v in _versions().items()},
+        f"{TAG}git_commit": provenance.git_commit(), f"{TAG}host": socket.gethostname(),
+        f"{TAG}hardware": provenance.hardware(),
+        f"{TAG}command": provenance.command_line(),
+        **{f"{TAG}version.{name}": v for name, v in provenance.versions().items()},
         **tags,
     }
     run = client.create_run(experiment_id, run_name=run_name, tags=all_tags)

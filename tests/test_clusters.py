@@ -97,7 +97,7 @@ def test_gpu_counts_reach_ray_train(tmp_path):
 
 
 def test_gpu_counts_reach_rllib(tmp_path):
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
 
     path = tmp_path / "job.yaml"
     path.write_text("name: g\nkind: rl\nagent: {env: CartPole-v1}\nresources:\n"

@@ -10,7 +10,7 @@ import torch
 from mlflow.tracking import MlflowClient
 
 from conftest import CARTPOLE, DIGITS
-from trainyard import runs, tracking
+from trainyard import provenance, runs, tracking
 from trainyard.loader import load_spec
 
 
@@ -58,15 +58,15 @@ def test_runs_are_tagged_with_what_trained_on_what(workdir, store_uri, monkeypat
 
 
 def test_hardware_names_cpu_and_gpu_models_and_counts(monkeypatch):
-    monkeypatch.setattr(tracking, "_cpu_model", lambda: "Some CPU")
+    monkeypatch.setattr(provenance, "cpu_model", lambda: "Some CPU")
     monkeypatch.setattr(tracking.os, "cpu_count", lambda: 96)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert tracking._hardware() == "96 CPUs (Some CPU)"
+    assert provenance.hardware() == "96 CPUs (Some CPU)"
     gpus = ["NVIDIA A100-SXM4-80GB"] * 3 + ["Tesla T4"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: len(gpus))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i: gpus[i])
-    assert tracking._hardware() == "96 CPUs (Some CPU); 3x NVIDIA A100-SXM4-80GB, 1x Tesla T4"
+    assert provenance.hardware() == "96 CPUs (Some CPU); 3x NVIDIA A100-SXM4-80GB, 1x Tesla T4"
 
 
 def test_real_cpu_model_is_named():
@@ -76,4 +76,4 @@ def test_real_cpu_model_is_named():
              Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")]
     if not named:
         pytest.skip("no 'model name' line in /proc/cpuinfo (not x86 Linux)")
-    assert tracking._cpu_model() == " ".join(named[0].split()) != "cpu"
+    assert provenance.cpu_model() == " ".join(named[0].split()) != "cpu"

@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from conftest import CARTPOLE, DIGITS, env_without_tracking, write
 from trainyard import sweep as sweep_module
+from trainyard import sweep_summary, sweep_trial
 from trainyard.cli import main
 from trainyard.loader import SpecError, load_spec
 from trainyard.spec import Sweep
@@ -105,7 +106,7 @@ def test_points_are_deterministic_and_cross_grid_values():
 
 
 def test_summary_gives_mean_and_std_per_configuration_over_seeds():
-    setup = sweep_module.TrialSetup(base={}, paths=["train.lr"], seeds=[0, 1], uri="",
+    setup = sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=[0, 1], uri="",
                                     experiment="", parent_id="p", metric="val/accuracy",
                                     storage="")
     spec = load_spec(DIGITS, ["sweep.metric=val/accuracy",
@@ -115,7 +116,7 @@ def test_summary_gives_mean_and_std_per_configuration_over_seeds():
             {"train.lr": 0.01, "final": 0.95, "state": "completed", "train_s": 1.0,
              "wall_s": 2.0},
             {"train.lr": 0.01, "final": None, "state": "failed", "train_s": 0.0, "wall_s": 1.0}]
-    summary = sweep_module.summarise(rows, setup, spec, wall=4.0, concurrent=1)
+    summary = sweep_summary.summarise(rows, setup, spec, wall=4.0, concurrent=1)
     by_lr = {c["train.lr"]: c for c in summary["configs"]}
     assert by_lr[0.1]["mean"] == pytest.approx(0.85)
     assert by_lr[0.1]["std"] == pytest.approx(0.0707, abs=1e-3)

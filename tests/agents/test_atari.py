@@ -218,7 +218,7 @@ def test_the_q_module_acts_epsilon_greedy_without_leaving_train_mode():
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from trainyard.agents.atari import AtariQModule
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.spec import RLJob
 
     spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
@@ -260,7 +260,7 @@ def test_double_q_training_forward_matches_rllib_without_grad_through_next_obs()
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from trainyard.agents.atari import AtariQModule
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.spec import RLJob
 
     spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {
@@ -303,7 +303,7 @@ def test_running_games_are_stored_as_lists_so_appending_a_chunk_costs_the_chunk(
     """RLlib appends each sampled chunk of a running game to its stored episode; a numpy'd
     episode is copied whole on every append (18.5 ms a 4-step chunk at 3,000 steps, measured),
     so the Atari env runners hand on list-backed episodes."""
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.spec import RLJob
 
     spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {"env": "ALE/Pong-v5"}})

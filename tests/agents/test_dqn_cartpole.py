@@ -34,7 +34,7 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
     import ray
     import torch
 
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.loader import load_spec
 
     spec = load_spec(CARTPOLE, [f"agent.optimizer={name}", "agent.optimizer_eps=0.01",

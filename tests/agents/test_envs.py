@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from trainyard.agents.envs import MINATAR_CNN, NATURE_CNN, check_env_id, rllib_env_creator
-from trainyard.agents.runner import _model_config
+from trainyard.agents.rl_config import _model_config
 from trainyard.agents.spec import DQNAgent
 
 

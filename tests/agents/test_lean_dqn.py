@@ -78,7 +78,7 @@ def test_precision_auto_reaches_the_lean_update_as_the_learner_resolved_it(monke
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     from trainyard.agents import learner as learner_module
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.spec import RLJob
 
     frames = torch.randint(0, 256, (2, 8, 84, 84, 4), dtype=torch.uint8,
@@ -161,7 +161,7 @@ def test_lean_update_gives_rllibs_dqn_loss_and_gradients(double_q, dueling):
     from ray.rllib.core import DEFAULT_MODULE_ID
     from ray.rllib.core.columns import Columns
 
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.spec import RLJob
 
     spec = RLJob.model_validate({"name": "x", "kind": "rl", "agent": {

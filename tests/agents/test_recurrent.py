@@ -194,7 +194,7 @@ def test_recurrent_module_explores_per_env_with_the_time_rank():
     from ray.rllib.core.rl_module.rl_module import RLModuleSpec
 
     from trainyard.agents.recurrent import RecurrentQModule
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.spec import RLJob
 
     job = RLJob(name="t", kind="rl", agent={"env": "CartPoleNoVelocity-v1", "hidden": [8],

@@ -124,7 +124,7 @@ def test_reference_player_names():
 
 
 def test_elo_fit_recovers_a_known_gap_and_anchors_random_at_zero():
-    from trainyard.agents.selfplay import fit_elo, fit_one
+    from trainyard.agents.elo import fit_elo, fit_one
 
     # b scores 75% against random, c 75% against b: ~ +191 Elo per step
     results = [("b", "random", 750, 0, 250), ("c", "b", 750, 0, 250)]
@@ -161,7 +161,7 @@ def test_league_mapping_puts_main_on_one_side_at_random_and_draws_opponents_by_w
 
 
 def test_pfsp_favours_what_main_loses_to():
-    from trainyard.agents.selfplay import MAIN, opponent_weights
+    from trainyard.agents.elo import MAIN, opponent_weights
 
     names, weights = opponent_weights(["random", "alphabeta2", "snapshot_1"],
                                       {"random": 0.95, "alphabeta2": 0.2, "snapshot_1": 0.5},
@@ -197,7 +197,7 @@ def test_masked_q_module_never_picks_an_illegal_move():
     import torch
     from ray.rllib.core.columns import Columns
 
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.agents.selfplay import main_spec
     from trainyard.agents.spec import RLJob
 
@@ -319,7 +319,8 @@ def test_a_snapshot_is_a_frozen_deep_copy_of_main():
     from ray.tune.registry import register_env
 
     from trainyard.agents.env_factory import make_env_creator
-    from trainyard.agents.runner import _league, build_config
+    from trainyard.agents.rl_config import build_config
+    from trainyard.agents.runner import _league
     from trainyard.agents.selfplay import MAIN
 
     spec = _ttt_spec("agent.learning_starts=200", "selfplay.elo_games=2")

@@ -44,9 +44,9 @@ def _algo(spec):
     from ray.tune.registry import register_env
 
     from trainyard.agents.env_factory import make_env_creator
-    from trainyard.agents.runner import _quiet_rllib, build_config
+    from trainyard.agents.rl_config import build_config, quiet_rllib
 
-    _quiet_rllib()
+    quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))
     return build_config(spec, 0).build_algo()
 

@@ -155,7 +155,7 @@ def trainyard(counter: Counter, game: str, overrides: dict) -> None:
     from ray.tune.registry import register_env
 
     from trainyard.agents.env_factory import make_env_creator
-    from trainyard.agents.runner import _quiet_rllib, build_config
+    from trainyard.agents.rl_config import build_config, quiet_rllib
     from trainyard.loader import load_spec
 
     job = "dqn_pong.yaml" if game == "pong" else "dqn_cartpole.yaml"
@@ -165,7 +165,7 @@ def trainyard(counter: Counter, game: str, overrides: dict) -> None:
     # cores rather than wait forever for CPUs Ray would not hand out
     ray.init(num_cpus=max(2, 1 + spec.resources.env_runners), include_dashboard=False,
              logging_level="ERROR")
-    _quiet_rllib()
+    quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))
     algo = build_config(spec, 0).build_algo()
     step = algo.training_step
@@ -243,7 +243,7 @@ def update_times(rounds: int = 8, block: int = 10) -> dict[str, float]:
     from ray.rllib.core import DEFAULT_MODULE_ID
 
     from trainyard.agents.lean_dqn import LeanUpdate
-    from trainyard.agents.runner import build_config
+    from trainyard.agents.rl_config import build_config
     from trainyard.loader import load_spec
 
     frames = torch.randint(0, 256, (2, 32, 4, 84, 84), dtype=torch.uint8)
@@ -299,7 +299,7 @@ def sampling(seconds: float, window: float) -> tuple[float, float]:
     from ray.tune.registry import register_env
 
     from trainyard.agents.env_factory import make_env_creator
-    from trainyard.agents.runner import _quiet_rllib, build_config
+    from trainyard.agents.rl_config import build_config, quiet_rllib
     from trainyard.loader import load_spec
 
     env = ale_py.AtariVectorEnv(game="pong", num_envs=NUM_ENVS, stack_num=4, noop_max=30,
@@ -323,7 +323,7 @@ def sampling(seconds: float, window: float) -> tuple[float, float]:
                                               "agent.epsilon_start": 0.0,
                                               "agent.epsilon_end": 0.0}.items()]).spec
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
-    _quiet_rllib()
+    quiet_rllib()
     register_env(spec.agent.env, make_env_creator(spec.agent))
     algo = build_config(spec, 0).build_algo()
     runner = algo.env_runner

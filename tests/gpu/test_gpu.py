@@ -10,7 +10,7 @@ import torch
 
 from conftest import REPO
 from trainyard.agents.learner import native_bf16, resolve_precision
-from trainyard.agents.runner import build_config
+from trainyard.agents.rl_config import build_config
 from trainyard.loader import load_spec
 
 pytestmark = [pytest.mark.gpu,
