@@ -9,14 +9,12 @@ closest known ids.
 from __future__ import annotations
 
 import difflib
-import importlib
-import os
 import re
-import sys
 from functools import cache, partial
 
 from pydantic import Field
 
+from trainyard import usercode
 from trainyard.spec import Section
 
 SCREEN = 84  # Atari frames are SCREEN x SCREEN grayscale
@@ -139,31 +137,21 @@ def registered_id(env_id: str) -> str:
     (each process imports it: remote env runners have their own registry)."""
     if not is_user_env(env_id):
         return env_id
-    module, _, name = env_id.partition(":")
-    # The console script's sys.path[0] is the venv's bin/, not the folder the user runs in;
-    # `python -m` puts the working folder first, and so does this. Ray hands the driver's
-    # sys.path to its workers, so remote env runners find the module the same way.
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    importlib.import_module(module)
+    module, name = usercode.split(env_id, "a user env", "mypkg.envs:MyEnv-v0")
+    usercode.load(module, env_id)
     return name
 
 
-def _check_user_env_id(env_id: str) -> str:
+def _check_user_env_id(env_id: str, deep: bool) -> str:
+    """`module:EnvId` written right and its module found; with `deep`, the module imported
+    and the id registered by it."""
     import gymnasium as gym
 
-    module, _, name = env_id.partition(":")
-    if not module or not name:
-        raise ValueError(f"{env_id!r}: write a user env as module:EnvId, e.g. "
-                         "mypkg.envs:MyEnv-v0")
-    try:
-        registered_id(env_id)
-    except ImportError as err:
-        raise ValueError(f"cannot import module {module!r} of {env_id!r} ({err}); run from the "
-                         "folder that holds it or put that folder on PYTHONPATH") from None
-    except Exception as err:  # noqa: BLE001 - the user's module failed: say where, one line
-        raise ValueError(f"importing module {module!r} of {env_id!r} failed: "
-                         f"{type(err).__name__}: {err}") from None
+    module, name = usercode.split(env_id, "a user env", "mypkg.envs:MyEnv-v0")
+    if not deep:
+        usercode.find(module, env_id)
+        return env_id
+    registered_id(env_id)
     if name not in gym.registry:
         def home(spec) -> str:
             return str(getattr(spec.entry_point, "__module__", spec.entry_point))
@@ -204,15 +192,16 @@ def check_user_env(env_id: str, config: dict) -> None:
         env.close()
 
 
-def check_env_id(env_id: str) -> str:
-    """Return `env_id` if it is known; ValueError naming close matches if not."""
+def check_env_id(env_id: str, deep: bool = False) -> str:
+    """Return `env_id` if it is known; ValueError naming close matches if not. A user's
+    `module:EnvId` is imported only with `deep` (see trainyard.usercode)."""
     import gymnasium as gym
 
     from trainyard.agents import doom
     from trainyard.agents.games import GAMES, PREFIX
 
     if is_user_env(env_id):
-        return _check_user_env_id(env_id)
+        return _check_user_env_id(env_id, deep)
     # Each family is looked up alone: a CartPole job imports neither ale-py nor MinAtar
     # (MinAtar pulls in seaborn: 4 s of a 5.5 s `trainyard validate`), a game no ViZDoom.
     games = {PREFIX + game for game in GAMES}

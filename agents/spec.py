@@ -179,13 +179,16 @@ class DQNAgent(Section):
     @field_validator("env")
     @classmethod
     def _known_env(cls, env: str, info: ValidationInfo) -> str:
-        env = check_env_id(env)
+        # the user's own module is imported, and its env built and checked, only where the
+        # job is about to run (or `validate --check-env`), see trainyard.usercode
+        deep = bool((info.context or {}).get("user_code"))
+        env = check_env_id(env, deep)
         config = info.data.get("env_config") or {}
         if config and (is_atari(env) or env.startswith(("Doom/", "OpenSpiel/"))):
             raise ValueError(f"agent.env_config is for Gymnasium envs built from their id; "
                              f"{env} takes its settings from agent.atari, agent.doom or the "
                              "game itself: move them there")
-        if is_user_env(env):
+        if deep and is_user_env(env):
             check_user_env(env, config)
         return env
 

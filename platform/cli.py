@@ -35,7 +35,7 @@ def _fail(message: str, code: int) -> int:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    loaded = load_spec(args.job, args.override)
+    loaded = load_spec(args.job, args.override, user_code=args.check_env)
     print(f"# {args.job}: valid {loaded.spec.kind} job"
           + (f" (overrides: {' '.join(loaded.overrides)})" if loaded.overrides else ""))
     print(dump_spec(loaded.spec), end="")
@@ -86,7 +86,7 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from trainyard import runs
 
-    loaded = load_spec(args.job, args.override)
+    loaded = load_spec(args.job, args.override, user_code=True)
     seeds = args.seed
     if seeds and any(seed < 0 for seed in seeds):
         return _fail("--seed must be a non-negative integer", BAD_INPUT)
@@ -97,7 +97,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from trainyard import launcher, sweep
 
-    loaded = load_spec(args.job, args.override)
+    loaded = load_spec(args.job, args.override, user_code=True)
     spec = loaded.spec
     if spec.sweep is None:
         raise SpecError(args.job, [
@@ -169,7 +169,7 @@ def _follow(jobs, job_id: str) -> int:
 def _cmd_submit(args: argparse.Namespace) -> int:
     from trainyard import submit
 
-    loaded = load_spec(args.job, args.override)
+    loaded = load_spec(args.job, args.override, user_code=True)
     if args.allow_local_storage:
         for problem in submit.local_storage(loaded):
             print(f"warning: {problem}", file=sys.stderr)

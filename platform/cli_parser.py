@@ -23,6 +23,10 @@ def parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="check a job file; print the resolved spec or the errors")
     job_args(p)
+    p.add_argument("--check-env", action="store_true",
+                   help="also import your own env (agent.env: module:EnvId) or model "
+                   "(model.arch: module:factory) and check it, as run does: Gymnasium's env "
+                   "checker, the factory's output shape")
 
     p = sub.add_parser("run", help="train a job on local Ray (or a cluster with --address)")
     job_args(p)

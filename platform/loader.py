@@ -113,17 +113,20 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict[Loc, str]:
 def _value_at(data: Any, loc: Loc) -> tuple[Loc, Any]:
     """Follow pydantic's `loc` into `data`; (the path in the user's terms, the value there).
 
-    Union members add a tag to the loc (the discriminator's value, such as 'resnet', or
-    'function-after[...]'): those parts are not keys of the file and are skipped.
+    Union members add a tag to the loc (the discriminator's value, such as 'resnet', a
+    callable discriminator's tag, or 'function-after[...]'): those parts are not keys of the
+    file and are skipped.
     """
     path: Loc = ()
-    for part in loc:
+    for index, part in enumerate(loc):
+        following = loc[index + 1] if index + 1 < len(loc) else None
         if isinstance(data, dict) and part in data:
             data = data[part]
         elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
-        elif isinstance(data, dict) and (part in data.values() or "[" in str(part)):
-            continue
+        elif isinstance(data, dict) and (part in data.values() or "[" in str(part)
+                                         or (following is not None and following in data)):
+            continue  # a tag: not a key, and the next part is one
         else:
             return path + (part,), None
         path += (part,)
@@ -217,8 +220,10 @@ def _report(error: ValidationError, model: type[BaseModel], data: dict, name: st
 
 
 def validate_data(data: Any, source: str, overrides: list[str] | None = None,
-                  lines: dict[Loc, int] | None = None) -> LoadedSpec:
-    """Validate an already-parsed document (a dict) against its kind's schema."""
+                  lines: dict[Loc, int] | None = None, user_code: bool = False) -> LoadedSpec:
+    """Validate an already-parsed document (a dict) against its kind's schema. With
+    `user_code`, the user's own modules the spec names are imported and checked too (see
+    trainyard.usercode); without, only found."""
     lines = lines or {}
     name = Path(source).name
     if not isinstance(data, dict):
@@ -237,7 +242,7 @@ def validate_data(data: Any, source: str, overrides: list[str] | None = None,
         raise SpecError(source, [f"{where}: kind: {got}; expected one of: {', '.join(known)}"])
     model = get_workload(kind).spec_model
     try:
-        spec = model.model_validate(data)
+        spec = model.model_validate(data, context={"user_code": user_code})
     except ValidationError as err:
         raise SpecError(source, _report(err, model, data, name, lines, origin)) from None
     if spec.sweep is not None and (problems := _check_sweep_space(spec, model, name, lines)):
@@ -280,8 +285,10 @@ def _check_sweep_space(spec: JobBase, model: type[BaseModel], name: str,
     return problems
 
 
-def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpec:
-    """Read, override and validate the job file at `path`; SpecError on any problem."""
+def load_spec(path: str | Path, overrides: list[str] | None = None,
+              user_code: bool = False) -> LoadedSpec:
+    """Read, override and validate the job file at `path`; SpecError on any problem.
+    `user_code`: import and check the user's own env or model too (see validate_data)."""
     path = Path(path)
     source = str(path)
     if not path.is_file():
@@ -303,7 +310,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> LoadedSpe
                                  "and the ':' after each key on that line"]) from None
     if duplicates:
         raise SpecError(source, [f"{path.name}:{d.removeprefix('line ')}" for d in duplicates])
-    return validate_data(data if data is not None else {}, source, overrides, lines)
+    return validate_data(data if data is not None else {}, source, overrides, lines, user_code)
 
 
 def dump_spec(spec: JobBase) -> str:

@@ -228,7 +228,7 @@ def load_for_resume(run_id: str, uri: str | None = None) -> tuple[LoadedSpec, Ru
     ref = RunRef(tracking.resolve_uri(uri), run_id)
     info = tracking.run_info(ref)
     data = yaml.safe_load(info["job_yaml"])
-    loaded = validate_data(data, f"job.yaml of run {run_id}")
+    loaded = validate_data(data, f"job.yaml of run {run_id}", user_code=True)
     return loaded, ref, info
 
 

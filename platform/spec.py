@@ -23,7 +23,15 @@ class UserInputError(ValueError):
 
 def one_line(error: BaseException) -> str:
     """`Type: first line of the message` (or the type alone): an error as the CLI's one-line
-    reports quote it, where the library's own message may run to many lines."""
+    reports quote it, where the library's own message may run to many lines. A Ray Train
+    worker group's failure is quoted by its first failed rank's own error: the group's message
+    starts with a line that names none."""
+    failures = getattr(error, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        rank = min(failures)
+        cause = failures[rank]
+        cause = getattr(cause, "cause", None) or cause  # Ray's wrapper of the worker's own
+        return f"rank {rank}: {one_line(cause)}"
     message = str(error).strip()
     return f"{type(error).__name__}: {message.splitlines()[0]}" if message \
         else type(error).__name__

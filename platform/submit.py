@@ -126,9 +126,10 @@ def refuse_local_storage(loaded: LoadedSpec, where: str) -> None:
 
 
 def user_code(loaded: LoadedSpec, extra: list[str] | tuple[str, ...] = ()) -> list[Path]:
-    """The user's own files the job imports: the module of a `module:EnvId` env (its top-level
-    package, or the single file), unless it is installed in site-packages, plus `--code` paths.
-    They travel in the job's working folder, which Ray puts on every worker's sys.path."""
+    """The user's own files the job imports: the modules of a `module:EnvId` env and of a
+    `module:factory` model (each its top-level package, or the single file), unless installed
+    in site-packages, plus `--code` paths. They travel in the job's working folder, which Ray
+    puts on every worker's sys.path."""
     import importlib.util
 
     paths = []
@@ -136,9 +137,10 @@ def user_code(loaded: LoadedSpec, extra: list[str] | tuple[str, ...] = ()) -> li
         if not path.exists():
             raise SubmitError(f"--code {path}: no such file or folder")
         paths.append(path)
-    env = getattr(getattr(loaded.spec, "agent", None), "env", "")
-    if ":" in env:
-        found = importlib.util.find_spec(env.partition(":")[0].split(".")[0])
+    named = (getattr(getattr(loaded.spec, section, None), field, "")
+             for section, field in (("agent", "env"), ("model", "arch")))
+    for reference in (r for r in named if isinstance(r, str) and ":" in r):
+        found = importlib.util.find_spec(reference.partition(":")[0].split(".")[0])
         if found is not None and found.origin:
             where = (Path(next(iter(found.submodule_search_locations)))
                      if found.submodule_search_locations else Path(found.origin))

@@ -80,11 +80,16 @@ class RNNNet(nn.Module):
         return self.head(self.drop(last))  # (B, classes)
 
 
-def build_model(model_spec, info) -> nn.Module:
-    """The model the spec's `model` section describes, sized for the data (`DataInfo`)."""
+def build_model(model_spec, info, sample=None) -> nn.Module:
+    """The model the spec's `model` section describes, sized for the data (`DataInfo`;
+    `sample`, a batch of inputs, gives a user's factory the image size)."""
     from trainyard.supervised.transformer import TransformerNet
 
     arch = model_spec.arch
+    if ":" in arch:  # the user's own `module:factory`
+        from trainyard.supervised.custom_model import build
+
+        return build(model_spec, info, sample)
     if arch == "resnet":
         return ResNet(info.in_channels, info.num_classes, list(model_spec.widths),
                       model_spec.blocks_per_stage, model_spec.dropout, model_spec.norm)

@@ -7,9 +7,9 @@ the pair is checked (a ResNet needs images; an LM cannot be bidirectional).
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 
@@ -204,9 +204,59 @@ class TransformerModel(Section):
         return self
 
 
-ModelSection = Annotated[ResNetModel | RNNModel | TransformerModel,
-                         Field(discriminator="arch")]
+class CustomModel(Section):
+    """Your own network: `arch: module:factory` names a function that takes the data's shapes
+    as keyword arguments (those it declares, of: task, in_channels, image_size, num_classes,
+    feature_dim, seq_len, vocab_size) plus `options`, and returns a torch `nn.Module`."""
+
+    arch: str = Field(..., description="module:factory, imported from the folder you run in "
+                      "(or PYTHONPATH), e.g. mymodels:make_net")
+    options: dict[str, Any] = Field(default_factory=dict, description="more keyword "
+                                    "arguments for the factory")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _misspelt_builtin(cls, data: Any) -> Any:
+        # `arch: resnt` lands here too: report the name alone, not the built-in model's
+        # fields beside it as unknown to this section
+        if isinstance(data, dict) and ":" not in str(data.get("arch", ":")):
+            return {"arch": data["arch"]}
+        return data
+
+    @field_validator("arch")
+    @classmethod
+    def _factory(cls, arch: str, info: ValidationInfo) -> str:
+        from trainyard.supervised.custom_model import EXAMPLE, check_factory
+
+        if ":" not in arch:  # a built-in name, misspelt
+            import difflib
+
+            close = difflib.get_close_matches(arch, ARCHS, n=1)
+            raise ValueError(f"unknown arch {arch!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; one of {', '.join(map(repr, ARCHS))}, or module:factory "
+                             f"for your own network, e.g. {EXAMPLE}")
+        return check_factory(arch, deep=bool((info.context or {}).get("user_code")))
+
+
 ARCHS = ("resnet", "lstm", "gru", "transformer")
+_TAGS = {"resnet": "resnet", "lstm": "rnn", "gru": "rnn", "transformer": "transformer"}
+
+
+def _arch_tag(value: Any) -> str:
+    """Which model section `arch` selects: a built-in one, else the user's `module:factory`
+    (whose own check names what is wrong with the value)."""
+    arch = value.get("arch") if isinstance(value, dict) else getattr(value, "arch", None)
+    return _TAGS.get(arch, "custom") if isinstance(arch, str) else None
+
+
+ModelSection = Annotated[Annotated[ResNetModel, Tag("resnet")]
+                         | Annotated[RNNModel, Tag("rnn")]
+                         | Annotated[TransformerModel, Tag("transformer")]
+                         | Annotated[CustomModel, Tag("custom")],
+                         # (no arch at all: reported as the missing `arch`, like the others)
+                         Discriminator(_arch_tag, custom_error_type="union_tag_not_found",
+                                       custom_error_context={"discriminator": "'arch'"})]
 
 # --------------------------------------------------------------------------- training
 
@@ -261,6 +311,8 @@ class SupervisedJob(JobBase):
     @model_validator(mode="after")
     def _check_pairing(self) -> SupervisedJob:
         data, arch = self.data.name, self.model.arch
+        if arch not in ARCHS:  # the user's network: its factory gets the data's shapes
+            return self
         if arch == "resnet" and data not in IMAGE_DATA:
             raise ValueError(f"model.arch resnet needs image data ({', '.join(IMAGE_DATA)}); "
                              f"data.name is {data!r}: use lstm, gru or transformer")

@@ -168,7 +168,7 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     precision = precision_context(spec, device)
 
-    model = build_model(spec.model, data.info)
+    model = build_model(spec.model, data.info, data.val.tensors[0][:2])
     if config.get("init") is not None:
         apply_init(model, config["init"], spec.init_from)
     micro_batch = max(1, spec.train.batch_size // (world * spec.train.grad_accum))

@@ -161,6 +161,13 @@ def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
         raise UserInputError(f"train.batch_size {spec.train.batch_size} is larger than the "
                              f"training split ({len(data.train)} examples of {spec.data.name}):"
                              " not one batch per epoch; use a smaller batch size")
+    if ":" in spec.model.arch:  # the user's network, held to the data's shapes before Ray
+        from trainyard.supervised.custom_model import check_output
+
+        try:
+            check_output(spec.model, data.info, data.val.tensors[0][:2])
+        except ValueError as err:
+            raise UserInputError(str(err)) from None
     sizes = {f"data.{name}_size": len(getattr(data, name)) for name in ("train", "val", "test")}
     if data.info.task == "lm":
         sizes["data.vocab_size"] = len(data.info.vocab)

@@ -182,6 +182,13 @@ def test_submit_ships_the_users_env_module_and_code_paths(workdir, capsys, monke
     assert main(["submit", "job.yaml", "--address", "http://127.0.0.1:9",
                  "--allow-local-storage", "--code", "helpers"]) == 0
     assert seen["files"] == ["helpers", "helpers/__init__.py", "job.yaml", "shipped_envs.py"]
+    # a supervised job's own network (model.arch: module:factory) travels the same way
+    (workdir / "shipped_nets.py").write_text("def make(num_classes):\n    pass\n")
+    (workdir / "net.yaml").write_text(
+        "name: mine\nkind: supervised\nmodel: {arch: 'shipped_nets:make'}\n")
+    assert main(["submit", "net.yaml", "--address", "http://127.0.0.1:9",
+                 "--allow-local-storage"]) == 0
+    assert seen["files"] == ["job.yaml", "shipped_nets.py"]
     assert main(["submit", "job.yaml", "--address", "http://127.0.0.1:9",
                  "--allow-local-storage", "--code", "nowhere"]) == 2
     assert "--code nowhere: no such file or folder" in capsys.readouterr().err

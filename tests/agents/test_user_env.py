@@ -1,5 +1,6 @@
-"""A user's own Gymnasium env, named `module:EnvId`: imported from the working folder, checked
-against what DQN takes and Gymnasium's API at load time (exit 2, file:line), built with
+"""A user's own Gymnasium env, named `module:EnvId`: found (not imported) when a spec loads,
+imported from the working folder and checked against what DQN takes and Gymnasium's API
+where the job runs or under `validate --check-env` (exit 2, file:line), built with
 `agent.env_config`, and trained on remote env runners that import it themselves."""
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def _job(folder, module: str, env: str, extra: str = "") -> Path:
 
 def test_a_user_env_loads_with_its_config(workdir):
     job = _job(workdir, "envs_ok", "RepeatFirst-v0", "stop: {env_steps: 100}\n")
-    agent = load_spec(job, ["agent.env_config.length=5"]).spec.agent
+    agent = load_spec(job, ["agent.env_config.length=5"], user_code=True).spec.agent
     assert agent.env == "envs_ok:RepeatFirst-v0" and agent.env_config == {"length": 5}
     from trainyard.agents.env_factory import make_eval_env
 
@@ -85,7 +86,7 @@ def test_a_broken_user_env_is_one_problem_at_the_env_line(workdir, module, env, 
     if module == "envs_nomod":
         job.write_text(job.read_text().replace(f"{module}:", "missing_mod:"))
     with pytest.raises(SpecError) as caught:
-        load_spec(job)
+        load_spec(job, user_code=True)
     [problem] = caught.value.problems
     assert problem.startswith("job.yaml:5: agent.env: ") and expected in problem
 
@@ -94,7 +95,23 @@ def test_a_bad_env_config_names_the_constructors_complaint(workdir):
     job = _job(workdir, "envs_kw", "RepeatFirst-v0")
     with pytest.raises(SpecError, match=r"job.yaml:5: agent.env: .*unexpected keyword argument "
                                         "'lenth'"):
-        load_spec(job, ["agent.env_config.lenth=3"])
+        load_spec(job, ["agent.env_config.lenth=3"], user_code=True)
+
+
+def test_validate_finds_the_module_without_running_it_and_check_env_runs_it(workdir, capsys):
+    from trainyard.cli import main
+
+    job = _job(workdir, "envs_marked", "WrongObs-v0")
+    module = workdir / "envs_marked.py"
+    module.write_text("open('imported.marker', 'w').close()\n" + module.read_text())
+    assert main(["validate", str(job)]) == 0  # found, not imported: none of its code ran
+    assert not (workdir / "imported.marker").exists()
+    assert main(["validate", "--check-env", str(job)]) == 2
+    assert "breaks the Gymnasium API" in capsys.readouterr().err
+    assert (workdir / "imported.marker").exists()
+    job.write_text(job.read_text().replace("envs_marked:", "envs_gone:"))
+    assert main(["validate", str(job)]) == 2
+    assert "agent.env: cannot find module 'envs_gone'" in capsys.readouterr().err
 
 
 def test_env_config_is_refused_for_atari(workdir):
