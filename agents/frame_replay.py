@@ -45,7 +45,10 @@ class FrameReplay:
         self.rng = np.random.default_rng(seed)
         self._lane_of: dict[str, int] = {}          # running episode id -> its lane
         self._free = list(range(lanes))
+        self._seen = np.zeros(lanes, np.int64)      # when each lane last got a chunk
+        self._chunks = 0
         self.added = 0
+        self.abandoned = 0  # games cut short because their runner was lost (see _take_lane)
 
     # -- adding ---------------------------------------------------------------------------
     def add(self, episodes) -> None:
@@ -64,6 +67,8 @@ class FrameReplay:
             lane = self._lane_of[episode.id_] = self._take_lane()
             self._write(lane, frames[:1], 0)
         lane = self._lane_of[episode.id_]
+        self._chunks += 1
+        self._seen[lane] = self._chunks
         if steps:
             # the chunk's first observation is the previous chunk's last: already written
             first = self._slot(lane, self.written[lane] - 1)
@@ -86,11 +91,20 @@ class FrameReplay:
             self._free.append(self._lane_of.pop(episode.id_))
 
     def _take_lane(self) -> int:
-        if not self._free:  # more running games than lanes: the env runner says otherwise
-            raise RuntimeError(f"FrameReplay has {self.lanes} lanes, and a game started "
-                               f"while all were busy: lanes must be at least the games "
-                               "played at once (envs per env runner x env runners)")
-        return self._free.pop(0)
+        if self._free:
+            return self._free.pop(0)
+        # A game starts while every lane holds a running one: an env runner was lost (a
+        # node died, a hung runner was killed) and its games will never send another chunk;
+        # its restarted self plays new ones. The lane that waited longest is such a game:
+        # it ends there as truncated (its n-step returns stop and bootstrap from its last
+        # frame instead of running into the next game's frames) and the lane is reused.
+        lane = min(self._lane_of.values(), key=lambda busy: self._seen[busy])
+        del self._lane_of[next(e for e, busy in self._lane_of.items() if busy == lane)]
+        last = self._slot(lane, self.written[lane] - 2)  # its last step, if it made one
+        if self.written[lane] >= 2 and not self.final[lane, last]:
+            self.ended[lane, last] = True
+        self.abandoned += 1
+        return lane
 
     def _slot(self, lane: int, absolute):  # noqa: ARG002 (lane: for the reader)
         return np.asarray(absolute) % self.size

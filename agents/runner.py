@@ -152,6 +152,7 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
                     done = True  # solved: this checkpoint is the one that scored
                     tracking.set_tags(ctx.run, {f"{tracking.TAG}stop_reason":
                                                 f"eval/return_mean reached {target:g}"})
+                    evaluator.video_of_final(algo, steps)
             last_time, last_steps = time.monotonic(), steps
             logger.log(metrics, step=steps)
             ctx.emit(f"iter {progress['iteration']} steps {steps:,}", metrics)
@@ -225,9 +226,10 @@ class _Evaluator:
 
     def __init__(self, spec: "RLJob", ctx: "RunContext"):
         self.spec, self.ctx, self.count = spec, ctx, 0
+        self.recorded = False  # the last evaluation left a GIF
 
     def run(self, algo, steps: int, final: bool) -> dict[str, float]:
-        from trainyard.agents.evaluate import play, write_gif
+        from trainyard.agents.evaluate import play
 
         config = self.spec.evaluation
         self.count += 1
@@ -237,11 +239,30 @@ class _Evaluator:
         result = play(algo.get_module(), self.spec.agent, config.episodes, config.epsilon,
                       config.max_steps, seed=10_000 * self.ctx.seed + self.count, record=record)
         metrics = {**result.metrics(), "perf/eval_s": time.monotonic() - started}
-        if result.frames:
-            with tempfile.TemporaryDirectory() as tmp:
-                gif = write_gif(result.frames, Path(tmp, f"eval_{steps:010d}_steps.gif"))
-                tracking.log_artifact(self.ctx.run, gif, "videos")
+        self._log_gif(result.frames, steps)
         return metrics
+
+    def video_of_final(self, algo, steps: int) -> None:
+        """The run ends on an evaluation that was not known to be the last (its return reached
+        `stop.eval_return_target`): one more episode of it, recorded, so the run ends with a
+        GIF as a run that ends on its step budget does."""
+        from trainyard.agents.evaluate import play
+
+        config = self.spec.evaluation
+        if self.recorded or not config.video:
+            return
+        result = play(algo.get_module(), self.spec.agent, 1, config.epsilon, config.max_steps,
+                      seed=10_000 * self.ctx.seed + self.count, record=True)
+        self._log_gif(result.frames, steps)
+
+    def _log_gif(self, frames, steps: int) -> None:
+        from trainyard.agents.evaluate import write_gif
+
+        self.recorded = bool(frames)
+        if frames:
+            with tempfile.TemporaryDirectory() as tmp:
+                gif = write_gif(frames, Path(tmp, f"eval_{steps:010d}_steps.gif"))
+                tracking.log_artifact(self.ctx.run, gif, "videos")
 
 
 class _FaultRecorder:

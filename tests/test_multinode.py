@@ -211,7 +211,7 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
     is killed and `trainyard resume` finishes the run."""
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = _env(uri)
-    overrides = ["resources.env_runners=2", "stop.env_steps=12k",
+    overrides = ["resources.env_runners=2", "stop.env_steps=12k", "agent.training_intensity=16",
                  "checkpoint.every_iterations=1", "tracking.experiment=multinode-rl",
                  "tracking.system_metrics=false", "evaluation.every_iterations=100",
                  "fault_tolerance.restart_delay_s=0"]

@@ -9,19 +9,26 @@ from trainyard.cli import main
 
 
 @pytest.mark.slow
-def test_dqn_learns_cartpole_in_20k_steps(workdir, store_uri):
-    assert main(["run", str(CARTPOLE), "-o", "stop.env_steps=20k"]) == 0
+def test_the_shipped_config_solves_cartpole_within_its_step_budget(workdir, store_uri):
+    """As a user runs it, no overrides: a greedy 10-episode evaluation reaches 475 within the
+    config's 50k env steps, the run stops there, and its last checkpoint is the one that
+    scored (measured 4 December: seeds 0, 1, 2 solved at 24k, 24k and 36k steps)."""
+    assert main(["run", str(CARTPOLE)]) == 0
     client, runs = runs_of(store_uri, "cartpole")
     run = runs[0]
+    assert run.data.tags["trainyard.dqn_step"] == "lean"
+    assert run.data.tags["trainyard.stop_reason"] == "eval/return_mean reached 475"
+    evals = sorted(client.get_metric_history(run.info.run_id, "eval/return_mean"),
+                   key=lambda m: m.step)
+    assert evals[-1].value >= 475 and evals[-1].step <= 50_000
+    assert all(m.value < 475 for m in evals[:-1])  # it stopped at the first that scored
     history = sorted(client.get_metric_history(run.info.run_id, "train/return_mean"),
                      key=lambda m: m.step)
     assert history[0].value < 50  # a random policy balances ~20 steps
-    assert max(m.value for m in history) >= 150  # measured: ~200 after 10k steps
-    assert history[-1].step >= 20_000
-    assert run.data.metrics["perf/env_steps_per_s"] > 50
-    # evaluated greedily every 10 iterations and at the end, with a GIF of the last episode
-    evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
-    assert len(evals) >= 2 and max(m.value for m in evals) >= 150
+    # the checkpoint the run ends on is the evaluated one: `trainyard eval` replays it
+    folders = sorted((workdir / "trainyard-runs" / "checkpoints" / run.info.run_id).glob(
+        "checkpoint_*"))
+    assert folders and folders[-1].name == f"checkpoint_{evals[-1].step // 1000:06d}"
     videos = [a.path for a in client.list_artifacts(run.info.run_id, "videos")]
     assert videos and all(v.endswith(".gif") for v in videos)
 

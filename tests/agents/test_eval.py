@@ -25,6 +25,7 @@ def test_eval_of_unknown_run_or_supervised_run_exits_2(workdir, store_uri, capsy
 def test_run_is_evaluated_with_a_video_and_replays_from_its_checkpoint(workdir, store_uri,
                                                                         capsys):
     assert main(["run", str(CARTPOLE), "-o", "stop.env_steps=3000",
+                 "-o", "stop.eval_return_target=null",
                  "-o", "evaluation.every_iterations=2", "-o", "evaluation.video_every=1",
                  "-o", "evaluation.episodes=2", "-o", "tracking.system_metrics=false"]) == 0
     client, runs = runs_of(store_uri, "cartpole")

@@ -128,6 +128,26 @@ def test_replay_of_vector_observations_returns_them_unstacked():
         assert float(discount) == pytest.approx(0.0 if t + int(steps) == 10 else 0.81)
 
 
+def test_a_lost_runners_game_is_ended_as_truncated_when_its_lane_is_needed():
+    """Two lanes, a runner lost mid-game (its game `a` never sends another chunk) and its
+    restarted self starting game `c`: `a` gives up its lane, cut as truncated; no n-step
+    return of `a` runs into `c`'s frames."""
+    replay = FrameReplay(1000, lanes=2, num_frames=1, n_step=3, gamma=0.5, seed=0)
+    a, b, c = _chunks("a", 1, 10, [4]), _chunks("b", 2, 12, [3, 8]), _chunks("c", 3, 6, [])
+    replay.add([a[0], b[0]])
+    replay.add([b[1]])  # a's runner is gone: only b goes on
+    replay.add([c[0], b[2]])
+    assert replay.abandoned == 1
+    batch = replay.sample(512)
+    for obs, nxt, steps in zip(batch["obs"], batch["next_obs"], batch["n_step"], strict=True):
+        code, t = divmod(int(obs[0, 0]), 32)
+        after, t_next = divmod(int(nxt[0, 0]), 32)
+        assert after == code  # never into another game
+        assert t_next == t + int(steps)
+        if code == 1:  # a: 4 steps written, cut after the 4th
+            assert t + int(steps) <= 4
+
+
 def test_frame_replay_forgets_the_oldest_frames_when_full():
     replay = FrameReplay(40, lanes=1, num_frames=4, n_step=1, gamma=0.9, seed=0)
     for k in range(5):  # 5 games of 15 steps, 80 frames into a ring of 40
@@ -252,4 +272,5 @@ def test_async_sampling_without_remote_runners_is_refused(workdir):
     with pytest.raises(SpecError, match="resources.env_runners to 1 or more"):
         load_spec(CARTPOLE, ["agent.async_sampling=true", "agent.prioritized_replay=false"])
     with pytest.raises(SpecError, match="uniform replay"):
-        load_spec(CARTPOLE, ["agent.async_sampling=true", "resources.env_runners=1"])
+        load_spec(CARTPOLE, ["agent.async_sampling=true", "resources.env_runners=1",
+                             "agent.prioritized_replay=true"])
