@@ -98,8 +98,8 @@ class FrameReplay:
         # its restarted self plays new ones. The lane that waited longest is such a game:
         # it ends there as truncated (its n-step returns stop and bootstrap from its last
         # frame instead of running into the next game's frames) and the lane is reused.
-        lane = min(self._lane_of.values(), key=lambda busy: self._seen[busy])
-        del self._lane_of[next(e for e, busy in self._lane_of.items() if busy == lane)]
+        episode, lane = min(self._lane_of.items(), key=lambda item: self._seen[item[1]])
+        del self._lane_of[episode]
         last = self._slot(lane, self.written[lane] - 2)  # its last step, if it made one
         if self.written[lane] >= 2 and not self.final[lane, last]:
             self.ended[lane, last] = True

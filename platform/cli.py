@@ -42,6 +42,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _preloads(spec) -> tuple[str, ...]:
+    """What a command that trains or plays `spec` imports once Ray is up: MLflow's store and
+    the workload's own modules (loaded while Ray starts, see launcher.ray_session)."""
+    from trainyard import tracking
+
+    return (*tracking.PRELOAD, *get_workload(spec.kind).preload)
+
+
 def _shared_storage(loaded, address, allow: bool) -> None:
     """On a cluster of several nodes, refuse node-local storage (SubmitError) unless allowed."""
     if not address or allow:
@@ -63,8 +71,7 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
         demand = {name: need - spec.driver_demand().get(name, 0)
                   for name, need in demand.items()}
     cpus = spec.resources.cpus or (os.cpu_count() or 1) + spec.data_cpus()
-    launcher.preload(get_workload(spec.kind).preload)
-    with launcher.ray_session(address, cpus, dashboard_port):
+    with launcher.ray_session(address, cpus, dashboard_port, _preloads(spec)):
         _shared_storage(loaded, address, allow_local)
         wanted = {name: need for name, need in demand.items() if need > 0}
         with launcher.cluster_demand(spec.worker_bundles() if address else []):
@@ -104,7 +111,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"{args.job}: no sweep: section; add one, e.g.\n    sweep:\n      metric: "
             f"{get_workload(spec.kind).headline_metric}\n      num_samples: 8\n      "
             "scheduler: asha\n      space: {train.lr: loguniform(1e-4, 1e-2)}"])
-    with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port):
+    with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port,
+                              _preloads(spec)):
         _shared_storage(loaded, args.address, args.allow_local_storage)
         launcher.require_resources(spec.resource_demand(),
                                    launcher.CLUSTER_WAIT_S if args.address else 0.0)
@@ -141,7 +149,7 @@ def _cmd_resume(args: argparse.Namespace) -> int:
         spec = loaded.spec
         if not args.trust_sweep_state:  # before Ray starts: a refusal should be quick
             seal.verify(sweep.tune_folder(ref, info))
-        with launcher.ray_session(args.address, spec.resources.cpus, None):
+        with launcher.ray_session(args.address, spec.resources.cpus, None, _preloads(spec)):
             _shared_storage(loaded, args.address, args.allow_local_storage)
             return sweep.resume_sweep(loaded, ref, info)
     if info["tags"].get("trainyard.sweep_id"):
@@ -231,7 +239,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     spec, info, evaluate = found
     runs.vet_checkpoints(info)
     video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
-    with launcher.ray_session(args.address, spec.resources.cpus, None):
+    with launcher.ray_session(args.address, spec.resources.cpus, None, _preloads(spec)):
         evaluate(spec, info, args.episodes, args.epsilon, video, args.opponent)
     return 0
 

@@ -60,7 +60,7 @@ def session_logs() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def preload(modules: tuple[str, ...]) -> None:
+def _preload(modules: tuple[str, ...]) -> None:
     """Import `modules` in a background thread. Starting Ray is mostly waiting (for the GCS,
     the raylet, the dashboard to come up) and the imports a run needs next (torch, MLflow's
     store, the engine) are mostly CPU, so they go side by side; the main thread's own import
@@ -69,7 +69,7 @@ def preload(modules: tuple[str, ...]) -> None:
     import threading
 
     def load() -> None:
-        for name in ("mlflow.store.tracking.sqlalchemy_store", *modules):
+        for name in modules:
             try:
                 importlib.import_module(name)
             except Exception:  # noqa: BLE001 - the main thread's own import reports it
@@ -84,13 +84,16 @@ class ResourceError(RuntimeError):
 
 @contextmanager
 def ray_session(address: str | None = None, cpus: int | None = None,
-                dashboard_port: int | None = None) -> Iterator[dict[str, float]]:
-    """Start (or join) Ray for the length of the block; yields the cluster's resources."""
+                dashboard_port: int | None = None,
+                preload: tuple[str, ...] = ()) -> Iterator[dict[str, float]]:
+    """Start (or join) Ray for the length of the block; yields the cluster's resources.
+    `preload`: modules the block will import, loaded while Ray starts (see _preload)."""
     import ray
 
     if ray.is_initialized():  # an embedding program (a test, a notebook) already started it
         yield dict(ray.cluster_resources())
         return
+    _preload(preload)
     global JOINED
     JOINED = bool(address)
     # On a cluster the workers' logs stay on their nodes, so they stream here as before.

@@ -33,6 +33,9 @@ logging.getLogger("mlflow").setLevel(logging.WARNING)
 DEFAULT_DIR = "trainyard-runs"
 TAG = "trainyard."  # prefix of our own tags
 _BATCH = 100  # MLflow accepts at most 100 params (1000 metrics) per log_batch call
+# what the first MLflow run of a process imports beyond `mlflow` itself (its SQL store, 2.9 s):
+# the CLI loads it while Ray starts
+PRELOAD = ("mlflow.store.tracking.sqlalchemy_store",)
 
 
 _READY: set[str] = set()  # sqlite stores this process has opened (their schema exists)

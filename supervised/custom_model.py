@@ -24,11 +24,10 @@ EXAMPLE = "mymodels:make_net"
 def check_factory(arch: str, deep: bool) -> str:
     """`module:factory` written right and its module found; with `deep`, imported and the
     factory a callable (its output is checked on the data at run, see `check_output`)."""
-    module, name = usercode.split(arch, "your own model", EXAMPLE)
-    if not deep:
-        usercode.find(module, arch)
-        return arch
-    _factory(arch)
+    if deep:
+        _factory(arch)
+    else:
+        usercode.find(usercode.split(arch, "your own model", EXAMPLE)[0], arch)
     return arch
 
 
