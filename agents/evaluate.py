@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import statistics
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -17,9 +16,6 @@ import numpy as np
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("PYGAME_HIDE_SUPPORT_PROMPT", "1")
-
-#: frames kept in one GIF (at most; longer episodes are subsampled)
-MAX_GIF_FRAMES = 400
 
 
 @dataclass
@@ -105,15 +101,3 @@ def play(module, agent, episodes: int, epsilon: float, max_steps: int, seed: int
     finally:
         env.close()
     return result
-
-
-def write_gif(frames: list[np.ndarray], path: Path, fps: int = 25) -> Path:
-    """The frames as an animated GIF (subsampled to at most MAX_GIF_FRAMES)."""
-    from PIL import Image
-
-    step = max(1, -(-len(frames) // MAX_GIF_FRAMES))
-    images = [Image.fromarray(f) for f in frames[::step]]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
-                   duration=int(1000 * step / fps))
-    return path

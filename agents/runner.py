@@ -8,6 +8,7 @@ metrics under trainyard's names, and atomic checkpoints that `trainyard resume` 
 from __future__ import annotations
 
 import json
+import math
 import tempfile
 import time
 from pathlib import Path
@@ -127,8 +128,9 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
             now = time.monotonic()
             progress["env_steps"] = steps
             progress["seconds"] += now - last_time
+            # an iteration in which no episode ended has no return: no point, not a NaN one
             metrics = {name: float(v) for path, name in names.items()
-                       if isinstance(v := _dig(result, path), (int, float))}
+                       if isinstance(v := _dig(result, path), (int, float)) and math.isfinite(v)}
             metrics["perf/env_steps_per_s"] = (steps - last_steps) / max(now - last_time, 1e-9)
             metrics["perf/iteration_s"] = now - iter_start
             metrics["train/iteration"] = progress["iteration"]
@@ -236,7 +238,8 @@ class _Evaluator:
         record = config.video and (final or (config.video_every > 0
                                              and self.count % config.video_every == 0))
         started = time.monotonic()
-        result = play(algo.get_module(), self.spec.agent, config.episodes, config.epsilon,
+        episodes = (config.final_episodes or config.episodes) if final else config.episodes
+        result = play(algo.get_module(), self.spec.agent, episodes, config.epsilon,
                       config.max_steps, seed=10_000 * self.ctx.seed + self.count, record=record)
         metrics = {**result.metrics(), "perf/eval_s": time.monotonic() - started}
         self._log_gif(result.frames, steps)
@@ -256,7 +259,7 @@ class _Evaluator:
         self._log_gif(result.frames, steps)
 
     def _log_gif(self, frames, steps: int) -> None:
-        from trainyard.agents.evaluate import write_gif
+        from trainyard.media import write_gif
 
         self.recorded = bool(frames)
         if frames:

@@ -31,7 +31,8 @@ def evaluate_run(spec: "RLJob", storage: Path, seed: int, episodes: int, epsilon
     from ray.tune.registry import register_env
 
     from trainyard.agents.env_factory import make_env_creator
-    from trainyard.agents.evaluate import play, write_gif
+    from trainyard.agents.evaluate import play
+    from trainyard.media import write_gif
 
     folder, progress = _latest_checkpoint(storage)
     checkpoints.vet_rllib_checkpoint(folder)  # before anything of it is decoded

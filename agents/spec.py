@@ -222,6 +222,9 @@ class RLEvaluation(Section):
     every_iterations: int = Field(10, ge=1, description="evaluate every N training iterations "
                                   "(and at the end)")
     episodes: int = Field(5, ge=1, description="episodes per evaluation")
+    final_episodes: int | None = Field(None, ge=1, description="episodes of the run's last "
+                                       "evaluation, the one its model is judged by (None: "
+                                       "`episodes`)")
     epsilon: float = Field(0.05, ge=0, le=1, description="chance of a random action")
     max_steps: Count = Field(27_000, ge=1, description="steps after which an evaluation "
                              "episode is cut (27k agent steps = Atari's 30 minutes)")

@@ -24,7 +24,7 @@ from collections.abc import Sequence
 
 from trainyard import cli_parser
 from trainyard.loader import SpecError, dump_spec, load_spec
-from trainyard.workloads import get_workload
+from trainyard.workloads import get_workload, headline_of
 
 FAILED, BAD_INPUT, NO_RESOURCES, INTERRUPTED = 1, 2, 3, 130
 
@@ -78,7 +78,7 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
             # Ray started here has all it will ever have: a gap is final at once
             launcher.require_resources(wanted, launcher.CLUSTER_WAIT_S if address else 0.0)
             outcomes = start()
-    headline = get_workload(spec.kind).headline_metric
+    headline = headline_of(spec)
     for outcome in outcomes:
         final = "  ".join(f"{k} {v:.4g}" for k, v in sorted(outcome.metrics.items())
                           if k == headline or k.startswith(("test/", "eval/")))
@@ -109,7 +109,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if spec.sweep is None:
         raise SpecError(args.job, [
             f"{args.job}: no sweep: section; add one, e.g.\n    sweep:\n      metric: "
-            f"{get_workload(spec.kind).headline_metric}\n      num_samples: 8\n      "
+            f"{headline_of(spec)}\n      num_samples: 8\n      "
             "scheduler: asha\n      space: {train.lr: loguniform(1e-4, 1e-2)}"])
     with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port,
                               _preloads(spec)):

@@ -62,8 +62,10 @@ def headline_metrics(runs: list[dict[str, Any]]) -> list[str]:
     found = []
     for run in runs:
         workload = known.get(run["tags"].get(f"{TAG}kind", ""))
-        if workload is not None and workload.headline_metric not in found:
-            found.append(workload.headline_metric)
+        # a job whose headline depends on it (a VAE's val/elbo) names it in a tag
+        metric = run["tags"].get(f"{TAG}headline") or (workload and workload.headline_metric)
+        if metric and metric not in found:
+            found.append(metric)
     return found
 
 

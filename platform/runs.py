@@ -21,7 +21,7 @@ from trainyard.loader import LoadedSpec, dump_spec, validate_data
 from trainyard.progress import ProgressChannel, ProgressPrinter
 from trainyard.spec import JobBase, flatten, one_line
 from trainyard.tracking import TAG, RunRef
-from trainyard.workloads import get_workload
+from trainyard.workloads import get_workload, headline_of
 
 
 @dataclass
@@ -95,7 +95,7 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
     workload = get_workload(spec.kind)
     start, wall_start = time.monotonic(), time.time()
     ctx.progress = ProgressChannel()
-    printer = ProgressPrinter(ctx.progress, f"[{label}]", workload.headline_metric)
+    printer = ProgressPrinter(ctx.progress, f"[{label}]", headline_of(spec))
     status = "FAILED"
     try:
         with tracking.SystemMetrics(ctx.run, spec.tracking.system_metrics, ctx.resume), printer:

@@ -149,6 +149,11 @@ def log_artifacts(ref: RunRef, folder: str | Path, artifact_path: str | None = N
     _client(ref.uri).log_artifacts(ref.run_id, str(folder), artifact_path)
 
 
+def log_image(ref: RunRef, image: Any, key: str, step: int) -> None:
+    """An image (H, W[, 3] uint8) under `key` at `step`: the UI shows it on a step slider."""
+    _client(ref.uri).log_image(ref.run_id, image, key=key, step=step, synchronous=True)
+
+
 def log_torch_model(ref: RunRef, model: Any, input_example: Any,
                     register_as: str | None = None) -> None:
     """Log `model` as the run's `model` artifact (MLflow pytorch flavour, with signature and
@@ -366,29 +371,13 @@ class RunLogger:
 
 
 def _log_learning_curves(ref: RunRef, keys: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from trainyard.media import plot_curves
 
     histories = {key: metric_history(ref, key) for key in keys}
     histories = {key: points for key, points in histories.items() if points}
-    if not histories:
-        return
-    fig, axes = plt.subplots(1, len(histories), figsize=(4.5 * len(histories), 3.4),
-                             squeeze=False)
-    for axis, (key, points) in zip(axes[0], histories.items(), strict=True):
-        steps, values = zip(*points, strict=True)
-        axis.plot(steps, values, marker="." if len(steps) < 50 else None)
-        axis.set_title(key)
-        axis.set_xlabel("step")
-        axis.grid(alpha=0.3)
-    fig.tight_layout()
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp, "learning_curves.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        log_artifact(ref, path, "plots")
+    if histories:
+        with tempfile.TemporaryDirectory() as tmp:
+            log_artifact(ref, plot_curves(histories, Path(tmp, "learning_curves.png")), "plots")
 
 
 def ui_command(uri: str, host: str, port: int) -> list[str]:

@@ -59,9 +59,18 @@ class Workload:
     #: `trainyard play RUN_ID`: fn(spec, run_info, human_first) -> the person's result;
     #: None when the kind has no such thing
     play: Callable[..., int] | None = None
+    #: the headline metric of one job when it depends on the job (fn(spec) -> metric name),
+    #: e.g. a supervised VAE's val/elbo; None: `headline_metric` for every job of the kind
+    headline: Callable[["JobBase"], str] | None = None
     #: modules `train` will import (torch, the engine, the workload's trainer): the CLI
     #: imports them in a background thread while Ray starts, which mostly waits
     preload: tuple[str, ...] = ()
+
+
+def headline_of(spec: "JobBase") -> str:
+    """The metric a job is judged by: its progress line's, its end summary's, a sweep's."""
+    workload = get_workload(spec.kind)
+    return workload.headline(spec) if workload.headline else workload.headline_metric
 
 
 @cache

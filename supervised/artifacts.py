@@ -73,7 +73,9 @@ def log_run_artifacts(spec, ref, model, data, device) -> None:
         save_state(folder, {"model": model.state_dict()})
         (folder / "info.json").write_text(json.dumps({
             "model": spec.model.model_dump(mode="json"), "task": info.task,
-            "class_names": info.class_names, "vocab": info.vocab, "seq_len": info.seq_len}))
+            "class_names": info.class_names, "vocab": info.vocab, "seq_len": info.seq_len,
+            "in_channels": info.in_channels, "pixel_mean": info.pixel_mean,
+            "pixel_std": info.pixel_std}))
         tracking.log_artifacts(ref, folder, "best_model")
         if info.task == "lm":
             prompts = ["The ", "def ", "In "][: spec.output.samples]

@@ -28,6 +28,10 @@ class DataInfo:
     seq_len: int = 0  # sequences and text
     vocab: list[str] = field(default_factory=list)  # text: index -> character
     class_names: list[str] = field(default_factory=list)
+    # images: the training split's per-channel statistics of pixels scaled to [0, 1] (what a
+    # classifier's inputs were standardised with: a generator's samples are fed to it so)
+    pixel_mean: list[float] = field(default_factory=list)
+    pixel_std: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -124,7 +128,8 @@ def _with_official_test(train: tuple, test: tuple, val: float, seed: int):
     return np.concatenate([x_train, x_test]), np.concatenate([y_train, y_test]), split
 
 
-def load_images(spec, seed: int) -> Splits:
+def load_images(spec, seed: int, pixels: str = "standardised") -> Splits:
+    """Image splits; pixels "standardised" (classifiers) or "unit": in [0, 1] (generators)."""
     name = spec.name
     if name == "digits":
         from sklearn.datasets import load_digits
@@ -145,8 +150,13 @@ def load_images(spec, seed: int) -> Splits:
         x, y, split = _with_official_test(train, test, spec.val_fraction, seed)
     else:
         raise ValueError(f"not an image dataset: {name!r}")
-    x = _standardise(x, split["train"])
-    info = DataInfo("image", num_classes=len(names), in_channels=x.shape[1], class_names=names)
+    x = x.astype(np.float32) / (16.0 if name == "digits" else 255.0)  # [0, 1]
+    train = x[split["train"]]
+    info = DataInfo("image", num_classes=len(names), in_channels=x.shape[1], class_names=names,
+                    pixel_mean=train.mean(axis=(0, 2, 3)).tolist(),
+                    pixel_std=(train.std(axis=(0, 2, 3)) + 1e-6).tolist())
+    if pixels == "standardised":
+        x = _standardise(x, split["train"])
     return _classification(x, y, split, info)
 
 
@@ -240,12 +250,12 @@ def unigram_bits_per_char(splits: Splits) -> float:
     return float(-log_p[splits.val.tensors[1].flatten()].mean())
 
 
-def load_dataset(spec, seed: int) -> Splits:
-    """The splits the spec's `data` section describes."""
-    from trainyard.supervised.spec import IMAGE_DATA, TEXT_DATA
+def load_dataset(spec, seed: int, pixels: str = "standardised") -> Splits:
+    """The splits the spec's `data` section describes (`pixels`: see load_images)."""
+    from trainyard.supervised.spec_data import IMAGE_DATA, TEXT_DATA
 
     if spec.name in IMAGE_DATA:
-        return load_images(spec, seed)
+        return load_images(spec, seed, pixels)
     if spec.name in TEXT_DATA:
         return load_text(spec, seed)
     return load_sequences(spec, seed)

@@ -12,6 +12,14 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, ValidationInfo, field_validator, model_validator
 
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
+from trainyard.supervised.spec_data import (  # noqa: F401 - the data names live there
+    DATASETS,
+    IMAGE_DATA,
+    SEQUENCE_DATA,
+    TEXT_DATA,
+    DataSection,
+    DigitsData,
+)
 
 # --------------------------------------------------------------------------- resources, stop
 
@@ -37,9 +45,10 @@ class SupervisedStop(Stop):
     patience: int | None = Field(
         None, ge=1, description="stop early after this many epochs without a better "
         "validation metric (None: never)")
-    monitor: Literal["auto", "val/loss", "val/accuracy"] = Field(
+    monitor: str = Field(
         "auto", description="validation metric for early stopping and the best model; auto: "
-        "val/accuracy for classifiers, val/loss for language models")
+        "val/accuracy for classifiers, val/loss for language models, val/elbo for a VAE, "
+        "val/fid for a GAN")
 
 
 class SupervisedCheckpoint(Checkpoint):
@@ -53,110 +62,6 @@ class SupervisedFaultTolerance(Section):
         3, ge=0, description="worker-group failures to recover from: Ray Train restarts every "
         "worker from the latest checkpoint (0: the first failure ends the run)")
 
-
-# --------------------------------------------------------------------------- data
-
-
-class _Split(Section):
-    val_fraction: float = Field(0.1, gt=0, lt=0.5, description="share held out for validation")
-    test_fraction: float = Field(0.1, gt=0, lt=0.5, description="share held out for testing "
-                                 "(datasets with an official test split use it instead)")
-
-
-class _Images(_Split):
-    augment: bool = Field(True, description="random crop with padding of training images")
-    pad: int = Field(1, ge=0, description="padding (pixels) for the random crop")
-    flip: bool = Field(False, description="random horizontal flips (not for digits or text)")
-
-
-class DigitsData(_Images):
-    """scikit-learn's 8x8 digits (ships with the package: no download)."""
-
-    name: Literal["digits"]
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation")
-    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for testing")
-
-
-class DigitsRowsData(_Split):
-    """The digits read row by row: a sequence of 8 steps of 8 pixels (sequence classification)."""
-
-    name: Literal["digits_rows"]
-    val_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for validation")
-    test_fraction: float = Field(0.15, gt=0, lt=0.5, description="share held out for testing")
-
-
-class ImageFolderData(_Images):
-    """root/<class name>/<image>.png|jpg: one subfolder per class."""
-
-    name: Literal["image_folder"]
-    path: str = Field(..., description="folder with one subfolder per class")
-    image_size: int = Field(32, ge=4, le=512, description="images are resized to this square")
-    channels: Literal[1, 3] = Field(3, description="1: grayscale, 3: RGB")
-
-
-class MnistIdxData(_Images):
-    """MNIST-format IDX files (train-images-idx3-ubyte, train-labels-..., t10k-...; .gz or not)."""
-
-    name: Literal["mnist_idx"]
-    path: str = Field(..., description="folder holding the four IDX files (gzipped or not)")
-
-
-class Cifar10Data(_Images):
-    """CIFAR-10 python batches (cifar-10-batches-py: data_batch_1..5, test_batch)."""
-
-    name: Literal["cifar10"]
-    path: str = Field(..., description="the cifar-10-batches-py folder")
-    pad: int = Field(4, ge=0, description="padding (pixels) for the random crop")
-    flip: bool = Field(True, description="random horizontal flips")
-
-
-class TableData(_Split):
-    """A CSV or Parquet file (or folder of them) read with Ray Data: feature columns + label.
-
-    The features form a sequence (one step per column, in order) for a sequence classifier.
-    """
-
-    name: Literal["table"]
-    path: str = Field(..., description="a .csv/.parquet file or a folder of them")
-    format: Literal["auto", "csv", "parquet"] = Field("auto", description="auto: by suffix")
-    features: list[str] = Field(..., min_length=1, description="feature columns, in order")
-    label: str = Field(..., description="column holding the class label")
-    stream: bool = Field(
-        False, description="stream the training rows from `path` into each worker's shard "
-        "through Ray Data instead of loading them in the driver (for tables larger than the "
-        "driver should hold); validation and test come from val_path and test_path")
-    val_path: str | None = Field(None, description="with stream: the validation table "
-                                 "(loaded whole; every class appears in it or in test_path)")
-    test_path: str | None = Field(None, description="with stream: the test table")
-
-    @model_validator(mode="after")
-    def _check_stream(self) -> "TableData":
-        if self.stream and (self.val_path is None or self.test_path is None):
-            raise ValueError("data.stream reads only the training rows from data.path: give "
-                             "data.val_path and data.test_path (smaller tables with the same "
-                             "columns)")
-        if not self.stream and (self.val_path or self.test_path):
-            raise ValueError("data.val_path/test_path are for data.stream: true; without it "
-                             "val and test are cut from data.path (val_fraction, test_fraction)")
-        return self
-
-
-class TextData(_Split):
-    """A plain-text corpus for character-level language modelling."""
-
-    name: Literal["text"]
-    source: str = Field("pydoc_topics", description="pydoc_topics (the standard library's "
-                        "~465k-character help corpus) or the path of a UTF-8 text file")
-    context: int = Field(128, ge=2, le=8192, description="characters per training sequence")
-
-
-DataSection = Annotated[
-    DigitsData | DigitsRowsData | ImageFolderData | MnistIdxData | Cifar10Data | TableData
-    | TextData, Field(discriminator="name")]
-IMAGE_DATA = ("digits", "image_folder", "mnist_idx", "cifar10")
-SEQUENCE_DATA = ("digits_rows", "table")
-TEXT_DATA = ("text",)
-DATASETS = IMAGE_DATA + SEQUENCE_DATA + TEXT_DATA
 
 # --------------------------------------------------------------------------- models
 
@@ -204,6 +109,37 @@ class TransformerModel(Section):
         return self
 
 
+class VAEModel(Section):
+    """A convolutional variational autoencoder: stride-2 conv encoder -> diagonal Gaussian
+    latent -> its mirror-image decoder; Bernoulli pixels (dynamically binarised)."""
+
+    arch: Literal["vae"]
+    latent_dim: int = Field(16, ge=1, description="size of the Gaussian latent (2: a latent "
+                            "map scattered by class is logged)")
+    widths: list[Annotated[int, Field(ge=1)]] = Field(
+        [32, 64], min_length=1, description="channels of the encoder's stride-2 convs (each "
+        "halves the image side; the decoder mirrors them)")
+    kl_warmup_epochs: float = Field(5.0, ge=0, description="the KL term's weight rises "
+                                    "linearly from 0 to 1 over these epochs (0: from the start)")
+
+
+class GANModel(Section):
+    """DCGAN: a transposed-conv generator and a conv discriminator, non-saturating loss, Adam
+    with beta1 = 0.5 for both networks (train.optimizer does not apply)."""
+
+    arch: Literal["dcgan"]
+    noise_dim: int = Field(32, ge=1, description="size of the generator's Gaussian noise")
+    generator_widths: list[Annotated[int, Field(ge=1)]] = Field(
+        [128, 64], min_length=1, description="channels entering each of the generator's "
+        "side-doubling transposed convs")
+    discriminator_widths: list[Annotated[int, Field(ge=1)]] = Field(
+        [64, 128], min_length=1, description="channels of the discriminator's stride-2 convs")
+    spectral_norm: bool = Field(False, description="spectral norm on every discriminator "
+                                "layer (instead of batch norm)")
+    discriminator_lr: float | None = Field(None, gt=0, description="the discriminator's "
+                                           "learning rate (None: train.lr)")
+
+
 class CustomModel(Section):
     """Your own network: `arch: module:factory` names a function that takes the data's shapes
     as keyword arguments (those it declares, of: task, in_channels, image_size, num_classes,
@@ -239,8 +175,10 @@ class CustomModel(Section):
         return check_factory(arch, deep=bool((info.context or {}).get("user_code")))
 
 
-ARCHS = ("resnet", "lstm", "gru", "transformer")
-_TAGS = {"resnet": "resnet", "lstm": "rnn", "gru": "rnn", "transformer": "transformer"}
+ARCHS = ("resnet", "lstm", "gru", "transformer", "vae", "dcgan")
+GENERATIVE = ("vae", "dcgan")
+_TAGS = {"resnet": "resnet", "lstm": "rnn", "gru": "rnn", "transformer": "transformer",
+         "vae": "vae", "dcgan": "dcgan"}
 
 
 def _arch_tag(value: Any) -> str:
@@ -253,6 +191,7 @@ def _arch_tag(value: Any) -> str:
 ModelSection = Annotated[Annotated[ResNetModel, Tag("resnet")]
                          | Annotated[RNNModel, Tag("rnn")]
                          | Annotated[TransformerModel, Tag("transformer")]
+                         | Annotated[VAEModel, Tag("vae")] | Annotated[GANModel, Tag("dcgan")]
                          | Annotated[CustomModel, Tag("custom")],
                          # (no arch at all: reported as the missing `arch`, like the others)
                          Discriminator(_arch_tag, custom_error_type="union_tag_not_found",
@@ -296,6 +235,31 @@ class Output(Section):
     samples: int = Field(3, ge=0, description="text samples to generate at the end (LMs)")
 
 
+class GenerativeEval(Section):
+    """How a generative model's samples are judged (VAE and DCGAN)."""
+
+    feature_run: str | None = Field(
+        None, description="runs:/RUN_ID of an image classifier run whose penultimate layer "
+        "the FID is measured in (None: the pinned digits classifier, for 8x8 digits only)")
+    samples: int = Field(1000, ge=100, description="samples the FID, class coverage and "
+                         "memorisation check are measured on (the issue's floor is 1,000)")
+    images_every_epochs: int = Field(1, ge=1, description="log sample grids (and VAE "
+                                     "reconstructions) as MLflow images every N epochs")
+    iw_samples: int = Field(100, ge=1, description="VAE: importance samples of the test "
+                            "log-likelihood bound")
+
+
+#: per task: the validation metrics that can pick the best epoch, and which way is better
+MONITORS = {"image": {"val/accuracy": "max", "val/loss": "min"},
+            "sequence": {"val/accuracy": "max", "val/loss": "min"},
+            "lm": {"val/loss": "min", "val/accuracy": "max"},
+            "vae": {"val/elbo": "max", "val/loss": "min"},
+            "gan": {"val/fid": "min"}}
+AUTO_MONITOR = {"image": "val/accuracy", "sequence": "val/accuracy", "lm": "val/loss",
+                "vae": "val/elbo", "gan": "val/fid"}
+IMAGE_SIDE = {"digits": 8, "mnist_idx": 28, "cifar10": 32}
+
+
 class SupervisedJob(JobBase):
     kind: Literal["supervised"] = Field(..., description="a supervised job")
     resources: SupervisedResources = Field(default_factory=SupervisedResources)
@@ -307,11 +271,22 @@ class SupervisedJob(JobBase):
     train: TrainSection = Field(default_factory=TrainSection)
     init_from: InitFrom | None = Field(None, description="start from another run's weights")
     output: Output = Field(default_factory=Output)
+    eval: GenerativeEval = Field(default_factory=GenerativeEval)
 
     @model_validator(mode="after")
     def _check_pairing(self) -> SupervisedJob:
         data, arch = self.data.name, self.model.arch
+        if self.train.batch_size < self.resources.workers:
+            raise ValueError(f"train.batch_size ({self.train.batch_size}) must be at least "
+                             f"resources.workers ({self.resources.workers})")
+        if self.stop.monitor != "auto" and self.stop.monitor not in MONITORS[self.task]:
+            raise ValueError(f"stop.monitor {self.stop.monitor!r} is not a metric of this "
+                             f"{self.task} task; one of: auto, "
+                             f"{', '.join(MONITORS[self.task])}")
         if arch not in ARCHS:  # the user's network: its factory gets the data's shapes
+            return self
+        if arch in GENERATIVE:
+            self._check_generative()
             return self
         if arch == "resnet" and data not in IMAGE_DATA:
             raise ValueError(f"model.arch resnet needs image data ({', '.join(IMAGE_DATA)}); "
@@ -322,14 +297,29 @@ class SupervisedJob(JobBase):
         if data in TEXT_DATA and getattr(self.model, "bidirectional", False):
             raise ValueError("model.bidirectional: a language model cannot read ahead; "
                              "set it to false for text data")
-        if self.train.batch_size < self.resources.workers:
-            raise ValueError(f"train.batch_size ({self.train.batch_size}) must be at least "
-                             f"resources.workers ({self.resources.workers})")
         return self
+
+    def _check_generative(self) -> None:
+        data, model = self.data.name, self.model
+        if data not in IMAGE_DATA:
+            raise ValueError(f"model.arch {model.arch} generates images; data.name is {data!r}:"
+                             f" use one of {', '.join(IMAGE_DATA)}")
+        side = IMAGE_SIDE.get(data) or self.data.image_size
+        stages = max(len(getattr(model, name)) for name in
+                     ("widths", "generator_widths", "discriminator_widths")
+                     if hasattr(model, name))
+        if side % 2 ** stages:
+            raise ValueError(f"model: {stages} stride-2 stages need an image side divisible by "
+                             f"{2 ** stages}; {data} images are {side}x{side}: use fewer widths")
+        if model.arch == "dcgan" and self.train.grad_accum != 1:
+            raise ValueError("train.grad_accum: a GAN alternates one discriminator and one "
+                             "generator step per batch; set it to 1")
 
     @property
     def task(self) -> str:
-        """image | sequence | lm"""
+        """image | sequence | lm | vae | gan"""
+        if self.model.arch in GENERATIVE:
+            return "vae" if self.model.arch == "vae" else "gan"
         if self.data.name in IMAGE_DATA:
             return "image"
         return "lm" if self.data.name in TEXT_DATA else "sequence"
@@ -339,8 +329,8 @@ class SupervisedJob(JobBase):
         """(metric, 'max'|'min') that picks the best epoch and drives early stopping."""
         metric = self.stop.monitor
         if metric == "auto":
-            metric = "val/loss" if self.task == "lm" else "val/accuracy"
-        return metric, "min" if metric.endswith("loss") else "max"
+            metric = AUTO_MONITOR[self.task]
+        return metric, MONITORS[self.task][metric]
 
     def resource_demand(self) -> dict[str, float]:
         res = self.resources

@@ -19,27 +19,14 @@ import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from trainyard import tracking
 from trainyard.checkpoints import load_state, save_state
-from trainyard.supervised import artifacts
 from trainyard.supervised.data import ShardBatches, StreamedTrain
 from trainyard.supervised.finetune import apply_init
-from trainyard.supervised.models import build_model
 from trainyard.supervised.spec import SupervisedJob
-from trainyard.supervised.transforms import augment_batch
-
-
-def make_optimizer(model: torch.nn.Module, train) -> torch.optim.Optimizer:
-    # No weight decay on biases, norm scales and embeddings' 1-d friends: decaying them hurts.
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": train.weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    if train.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, nesterov=True)
-    return torch.optim.AdamW(groups, lr=train.lr)
+from trainyard.supervised.tasks import Task, all_sum, make_task
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):
@@ -49,13 +36,6 @@ def warmup_cosine(warmup_steps: int, total_steps: int):
         progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
     return factor
-
-
-def loss_and_hits(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-    """Mean cross-entropy, correct predictions, predictions; (B, K) or (B, T, K) logits."""
-    logits, targets = logits.reshape(-1, logits.shape[-1]), targets.reshape(-1)
-    loss = F.cross_entropy(logits.float(), targets)
-    return loss, (logits.argmax(-1) == targets).sum(), targets.numel()
 
 
 def precision_context(spec: SupervisedJob, device: torch.device):
@@ -70,82 +50,37 @@ def precision_context(spec: SupervisedJob, device: torch.device):
     return torch.autocast("cuda", dtype=dtype), scaler
 
 
-@torch.no_grad()
 def evaluate(model: torch.nn.Module, dataset, device: torch.device, autocast=None) -> dict:
-    """Loss and accuracy over a whole split (every rank computes it: it keeps DDP out)."""
-    model.eval()
-    loss_sum, correct, count = 0.0, 0, 0
-    for inputs, targets in DataLoader(dataset, batch_size=256):
-        inputs, targets = inputs.to(device), targets.to(device)
-        with autocast or contextlib.nullcontext():
-            loss, hits, n = loss_and_hits(model(inputs), targets)
-        loss_sum, correct, count = loss_sum + loss.item() * n, correct + int(hits), count + n
-    return {"loss": loss_sum / count, "accuracy": correct / count}
+    """A classifier's loss and accuracy over a whole split."""
+    return Task(None).evaluate({"model": model}, dataset, device, autocast)
 
 
-def _all_sum(values: list[float], device: torch.device) -> list[float]:
-    if not (dist.is_available() and dist.is_initialized()):
-        return values
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
+def train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision) -> dict:
+    """One epoch of a single-network task (see Task.train_epoch)."""
+    return make_task(spec).train_epoch({"model": model}, loader, {"model": optimizer},
+                                       {"model": scheduler}, device, rng, precision, 0)
 
 
 def _rank0_decides(flag: bool, rank: int, device: torch.device) -> bool:
     """Rank 0's value of `flag`, on every rank (one all-reduce; as is on a single worker)."""
-    return _all_sum([float(flag and rank == 0)], device)[0] > 0
+    return all_sum([float(flag and rank == 0)], device)[0] > 0
 
 
-def train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision) -> dict:
-    """One pass (or `train.steps_per_epoch` optimizer steps); returns summed-over-ranks stats."""
-    autocast, scaler = precision
-    accum, cap = spec.train.grad_accum, spec.train.steps_per_epoch
-    model.train()
-    loss_sum, correct, count, steps = 0.0, 0, 0, 0
-    start = time.perf_counter()
-    for micro, (inputs, targets) in enumerate(loader):
-        if spec.task == "image":
-            inputs = augment_batch(inputs, spec.data, rng)
-        inputs, targets = inputs.to(device), targets.to(device)
-        stepping = (micro + 1) % accum == 0
-        # DDP averages gradients on every backward; between optimizer steps it need not.
-        sync = contextlib.nullcontext() if stepping or not hasattr(model, "no_sync") \
-            else model.no_sync()
-        with sync:
-            with autocast:
-                loss, hits, n = loss_and_hits(model(inputs), targets)
-            (scaler.scale(loss / accum) if scaler else loss / accum).backward()
-        loss_sum, correct, count = loss_sum + loss.item() * n, correct + int(hits), count + n
-        if not stepping:
-            continue
-        if scaler:
-            scaler.unscale_(optimizer)
-        if spec.train.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.train.grad_clip)
-        if scaler:
-            scaler.step(optimizer)
-            scaler.update()
-        else:
-            optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        steps += 1
-        if cap and steps >= cap:
-            break
-    seconds = time.perf_counter() - start
-    loss_sum, correct, count = _all_sum([loss_sum, correct, count], device)
-    return {"train/loss": loss_sum / count, "train/accuracy": correct / count,
-            "perf/samples_per_s": count / seconds, "perf/epoch_s": seconds, "steps": steps}
-
-
-def _epoch_metrics(spec, stats: dict, val: dict, lr: float, epoch: int) -> dict:
-    metrics = {**stats, "val/loss": val["loss"], "val/accuracy": val["accuracy"],
-               "train/lr": lr, "train/epoch": epoch}
-    if spec.task == "lm":  # natural-log loss -> bits per character and perplexity
-        for split in ("train", "val"):
-            metrics[f"{split}/bits_per_char"] = metrics[f"{split}/loss"] / math.log(2)
-        metrics["val/perplexity"] = math.exp(min(val["loss"], 50.0))
-    return metrics
+def _restore(saved: dict, nets, optimizers, schedulers, task) -> dict:
+    """Load a checkpoint into the networks, optimizers and schedulers (single-network
+    checkpoints of earlier versions keep their "model"/"optimizer"/"scheduler" keys)."""
+    if "nets" not in saved:
+        saved = {"nets": {"model": saved["model"]}, "optimizers": {"model": saved["optimizer"]},
+                 "schedulers": {"model": saved["scheduler"]},
+                 "best_model": {"model": saved["best_model"]}}
+    for name, net in nets.items():
+        net.load_state_dict(saved["nets"][name])
+        optimizers[name].load_state_dict(saved["optimizers"][name])
+        schedulers[name].load_state_dict(saved["schedulers"][name])
+        # The spec's learning rate wins over the saved one: a PBT trial restarts from another
+        # trial's checkpoint with a new lr (and resuming a run changes nothing).
+        schedulers[name].base_lrs = [task.base_lr(name)] * len(schedulers[name].base_lrs)
+    return saved["best_model"]
 
 
 def train_loop(config: dict[str, Any]) -> None:
@@ -168,9 +103,15 @@ def train_loop(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     precision = precision_context(spec, device)
 
-    model = build_model(spec.model, data.info, data.val.tensors[0][:2])
+    task = make_task(spec, data.info)
+    if config.get("features") is not None:  # a GAN's FID classifier, eval.feature_run
+        from trainyard.supervised.gen_metrics import classifier_from_run
+
+        task.use_features(classifier_from_run(config["features"],
+                                              config["features"]["source"]))
+    nets = task.build(data.val.tensors[0][:2])
     if config.get("init") is not None:
-        apply_init(model, config["init"], spec.init_from)
+        apply_init(nets["model"], config["init"], spec.init_from)
     micro_batch = max(1, spec.train.batch_size // (world * spec.train.grad_accum))
     if streamed:
         sampler = None
@@ -184,9 +125,12 @@ def train_loop(config: dict[str, Any]) -> None:
     steps_per_epoch = max(1, len(loader) // spec.train.grad_accum)
     if spec.train.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, spec.train.steps_per_epoch)
-    optimizer = make_optimizer(model, spec.train)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(
-        round(spec.train.warmup_epochs * steps_per_epoch), spec.stop.epochs * steps_per_epoch))
+    task.steps_per_epoch = steps_per_epoch
+    optimizers = task.optimizers(nets)
+    schedule = warmup_cosine(round(spec.train.warmup_epochs * steps_per_epoch),
+                             spec.stop.epochs * steps_per_epoch)
+    schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+                  for name, opt in optimizers.items()}
     rng = torch.Generator().manual_seed(ctx.seed * 1000 + rank)
     monitor, mode = spec.monitor
     state = {"epoch": 0, "global_step": 0, "best": None, "best_epoch": 0, "stale": 0}
@@ -199,18 +143,12 @@ def train_loop(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             saved = load_state(folder)
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        # The spec's learning rate wins over the saved one: a PBT trial restarts from another
-        # trial's checkpoint with a new lr (and resuming a run changes nothing).
-        scheduler.base_lrs = [spec.train.lr] * len(scheduler.base_lrs)
+        best_model = _restore(saved, nets, optimizers, schedulers, task)
         rng.set_state(saved["augment_rng"])
         state.update(saved["progress"])
-        best_model = saved["best_model"]
-    model = ray.train.torch.prepare_model(model)  # DDP (and device) when world > 1
+    nets = {name: ray.train.torch.prepare_model(net) for name, net in nets.items()}  # DDP
+    plain = {name: getattr(net, "module", net) for name, net in nets.items()}
     _tag_nodes(ctx, rank, world)
-    plain = model.module if hasattr(model, "module") else model
     logger = _rank0_logger(ctx, config.get("fit_id"), state["global_step"]) if rank == 0 \
         else None
     started = time.monotonic()
@@ -218,16 +156,19 @@ def train_loop(config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, spec.stop.epochs + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
-        stats = train_epoch(model, loader, optimizer, scheduler, spec, device, rng, precision)
+        stats = task.train_epoch(nets, loader, optimizers, schedulers, device, rng, precision,
+                                 state["global_step"])
         state["global_step"] += stats.pop("steps")
-        val = evaluate(plain, data.val, device, precision[0])
-        metrics = _epoch_metrics(spec, stats, val, scheduler.get_last_lr()[0], epoch)
+        val = task.evaluate(plain, data.val, device, precision[0])
+        lr = next(iter(schedulers.values())).get_last_lr()[0]
+        metrics = task.epoch_metrics(stats, val, lr, epoch)
         state["epoch"] = epoch
         score = metrics[monitor]
         if state["best"] is None or (score > state["best"] if mode == "max"
                                      else score < state["best"]):
             state.update(best=score, best_epoch=epoch, stale=0)
-            best_model = {k: v.detach().clone() for k, v in plain.state_dict().items()}
+            best_model = {name: {k: v.detach().clone() for k, v in net.state_dict().items()}
+                          for name, net in plain.items()}
         else:
             state["stale"] += 1
         # rank 0's clock decides for all: ranks that disagreed at the boundary would leave
@@ -239,24 +180,24 @@ def train_loop(config: dict[str, Any]) -> None:
         last = epoch == spec.stop.epochs or bool(out_of_time) or bool(patience_out)
         if rank == 0:
             logger.log(metrics, step=state["global_step"])
+            task.epoch_images(plain, data, ctx.run, state["global_step"], epoch)
             ctx.emit(f"epoch {epoch}/{spec.stop.epochs}", metrics)
         _report(metrics, rank, last or epoch % spec.checkpoint.every_epochs == 0, {
-            "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "augment_rng": rng.get_state(),
-            "progress": dict(state), "best_model": best_model})
+            "nets": {name: net.state_dict() for name, net in plain.items()},
+            "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+            "schedulers": {name: sch.state_dict() for name, sch in schedulers.items()},
+            "augment_rng": rng.get_state(), "progress": dict(state), "best_model": best_model})
         if last:
             break
 
-    plain.load_state_dict(best_model)  # test the weights that did best on validation
-    test = evaluate(plain, data.test, device, precision[0])
-    final = {"test/loss": test["loss"], "test/accuracy": test["accuracy"],
+    for name, net in plain.items():  # test the weights that did best on validation
+        net.load_state_dict(best_model[name])
+    final = {**task.test_metrics(plain, data, device, precision[0]),
              f"{monitor.replace('val/', 'val/best_')}": state["best"],
              "train/best_epoch": state["best_epoch"]}
-    if spec.task == "lm":
-        final["test/bits_per_char"] = test["loss"] / math.log(2)
     if rank == 0:
         logger.log(final, step=state["global_step"])
-        artifacts.log_run_artifacts(spec, ctx.run, plain, data, device)
+        task.final_artifacts(plain, data, ctx.run, device)
     ray.train.report(final)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import uuid
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from trainyard import tracking
@@ -16,7 +17,8 @@ if TYPE_CHECKING:
     from trainyard.supervised.spec import SupervisedJob
 
 
-def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbacks=()):
+def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbacks=(),
+                  features=None):
     """The TorchTrainer for a run; its name and storage are the run's, so a rerun resumes."""
     from ray.train import (
         CheckpointConfig,
@@ -43,7 +45,7 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     return TorchTrainer(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx, "data": data,
-                           "init": init, "fit_id": uuid.uuid4().hex},
+                           "init": init, "features": features, "fit_id": uuid.uuid4().hex},
         datasets=datasets or None,
         scaling_config=ScalingConfig(num_workers=res.workers, use_gpu=res.use_gpu,
                                      resources_per_worker=per_worker,
@@ -152,11 +154,41 @@ def _init_weights(spec: SupervisedJob, ctx: RunContext):
     return weights
 
 
+def _feature_run(spec: SupervisedJob, ctx: RunContext):
+    """A GAN's FID classifier named by `eval.feature_run` (its info.json and weights, read
+    safely here and shipped to the workers), None for the pinned digits classifier."""
+    import json
+
+    from trainyard.checkpoints import load_state
+
+    source = spec.eval.feature_run
+    if spec.task != "gan":
+        return None
+    if source is None:
+        if spec.data.name != "digits":
+            raise UserInputError(
+                f"eval.feature_run: the FID of {spec.data.name} images needs a classifier of "
+                "them; train one (e.g. a resnet on the same data) and name it here as "
+                "runs:/RUN_ID (the pinned classifier is for 8x8 digits only)")
+        return None
+    if not source.startswith("runs:/"):
+        raise UserInputError(f"eval.feature_run {source!r}: give runs:/RUN_ID of a classifier")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = tracking.download(tracking.RunRef(ctx.run.uri, source.removeprefix("runs:/")),
+                                   "best_model", tmp)
+        saved = {"info": json.loads((Path(folder) / "info.json").read_text()),
+                 "state": load_state(folder), "source": source}
+    tracking.set_tags(ctx.run, {f"{tracking.TAG}feature_run": source})
+    return saved
+
+
 def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     """Fit the job; return the final metrics (test accuracy and friends)."""
     from trainyard.supervised.data import load_dataset, unigram_bits_per_char
+    from trainyard.supervised.tasks import make_task
 
-    data = load_dataset(spec.data, ctx.seed)
+    data = load_dataset(spec.data, ctx.seed, make_task(spec).pixels)
+    data = make_task(spec, data.info).prepare(data)
     if spec.train.batch_size > len(data.train):
         raise UserInputError(f"train.batch_size {spec.train.batch_size} is larger than the "
                              f"training split ({len(data.train)} examples of {spec.data.name}):"
@@ -175,13 +207,14 @@ def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     if data.info.task == "lm" and not ctx.resume:
         ctx.logger().log({"baseline/unigram_bits_per_char": unigram_bits_per_char(data)}, 0)
     init = _init_weights(spec, ctx)
+    features = _feature_run(spec, ctx)
     if ctx.tune_metric is None:
-        result = build_trainer(spec, ctx, data, init).fit()
+        result = build_trainer(spec, ctx, data, init, features=features).fit()
     else:  # a sweep trial: every epoch's report also goes to Tune
         from ray.util.queue import Queue
 
         queue = Queue(actor_options={"num_cpus": 0})
-        trainer = build_trainer(spec, ctx, data, init, [_report_forwarder(queue)])
+        trainer = build_trainer(spec, ctx, data, init, [_report_forwarder(queue)], features)
         result = _fit_reporting(trainer, queue, ctx)
     if result.checkpoint is not None:
         tracking.set_tags(ctx.run, {f"{tracking.TAG}latest_checkpoint": result.checkpoint.path})

@@ -12,12 +12,17 @@ def _train(spec, ctx):
     return train(spec, ctx)
 
 
+def _headline(spec: SupervisedJob) -> str:
+    return {"vae": "val/elbo", "gan": "val/fid"}.get(spec.task, "val/accuracy")
+
+
 def _run_tags(spec: SupervisedJob) -> dict[str, str]:
-    return {"model": spec.model.arch, "dataset": spec.data.name}
+    return {"model": spec.model.arch, "dataset": spec.data.name, "task": spec.task,
+            "headline": _headline(spec)}
 
 
 WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
-                    headline_metric="val/accuracy",
+                    headline_metric="val/accuracy", headline=_headline,
                     run_tags=_run_tags, step_axis="optimizer steps",
                     preload=("torch", "trainyard.supervised.trainer",
                              "trainyard.supervised.data"))

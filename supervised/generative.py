@@ -1,0 +1,142 @@
+"""Generative networks for images: a convolutional VAE and a DCGAN, sized from the spec.
+
+Both work on square images whose side halves cleanly once per stage (8x8 digits with two
+stages, 28x28 MNIST with two, 32x32 with up to five); the spec checks it before Ray starts.
+Pixels are in [0, 1] for the VAE (Bernoulli means) and in [-1, 1] for the GAN (tanh).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+
+
+def _down(in_ch: int, out_ch: int) -> nn.Conv2d:
+    return nn.Conv2d(in_ch, out_ch, 4, 2, 1)  # halves an even side exactly
+
+
+def _up(in_ch: int, out_ch: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(in_ch, out_ch, 4, 2, 1)  # doubles a side exactly
+
+
+class ConvVAE(nn.Module):
+    """Encoder: stride-2 convs (widths) -> mean and log-variance of a diagonal Gaussian latent.
+    Decoder: the mirror image -> Bernoulli logits of every pixel."""
+
+    def __init__(self, channels: int, size: int, widths: list[int], latent_dim: int):
+        super().__init__()
+        self.latent_dim, self.channels, self.size = latent_dim, channels, size
+        layers, ch = [], channels
+        for width in widths:
+            layers += [_down(ch, width), nn.GELU()]
+            ch = width
+        self.encoder = nn.Sequential(*layers, nn.Flatten())
+        self.side = size // 2 ** len(widths)
+        flat = ch * self.side * self.side
+        self.posterior = nn.Linear(flat, 2 * latent_dim)
+        self.expand = nn.Linear(latent_dim, flat)
+        layers = []
+        for width, out in zip(widths[::-1], [*widths[::-1][1:], channels], strict=True):
+            layers += [_up(width, out), nn.GELU()]
+        layers[-1] = nn.Identity()  # logits out of the last layer
+        self.decoder = nn.Sequential(*layers)
+        self.top = widths[-1]
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, log_var = self.posterior(self.encoder(x)).chunk(2, dim=-1)
+        return mean, log_var.clamp(-12.0, 8.0)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        h = torch.nn.functional.gelu(self.expand(z))
+        return self.decoder(h.view(-1, self.top, self.side, self.side))  # logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Reconstruction logits at the posterior mean (what an MLflow pyfunc would serve)."""
+        return self.decode(self.encode(x)[0])
+
+
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, log_var: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(log_var)) summed over the last dimension."""
+    return -0.5 * (((z - mean) ** 2) * torch.exp(-log_var) + log_var
+                   + math.log(2 * math.pi)).sum(-1)
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x | logits) of binary pixels, summed per image: (B, C, H, W) -> (B,)."""
+    return -nn.functional.binary_cross_entropy_with_logits(
+        logits, x, reduction="none").flatten(1).sum(-1)
+
+
+def elbo_parts(vae: ConvVAE, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(reconstruction log-likelihood, KL(q(z|x) || N(0, I))) per image, in nats."""
+    mean, log_var = vae.encode(x)
+    z = mean + torch.randn_like(mean) * torch.exp(0.5 * log_var)
+    recon = bernoulli_log_prob(vae.decode(z), x)
+    kl = 0.5 * (mean ** 2 + log_var.exp() - 1.0 - log_var).sum(-1)
+    return recon, kl
+
+
+@torch.no_grad()
+def importance_weighted_bound(vae: ConvVAE, x: torch.Tensor, k: int,
+                              chunk: int = 25) -> torch.Tensor:
+    """The k-sample importance-weighted bound on log p(x) (Burda et al. 2016), per image:
+    log (1/k) sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x). Tighter than the ELBO as k grows."""
+    mean, log_var = vae.encode(x)
+    prior = torch.zeros_like(mean)
+    weights = []
+    for start in range(0, k, chunk):
+        n = min(chunk, k - start)
+        z = mean[None] + torch.randn(n, *mean.shape, device=x.device) * torch.exp(
+            0.5 * log_var)[None]  # (n, B, D)
+        logits = vae.decode(z.flatten(0, 1))
+        log_px = bernoulli_log_prob(logits, x.repeat(n, 1, 1, 1)).view(n, -1)
+        weights.append(log_px + gaussian_log_prob(z, prior, prior)
+                       - gaussian_log_prob(z, mean[None], log_var[None]))
+    return torch.logsumexp(torch.cat(weights), dim=0) - math.log(k)
+
+
+class Generator(nn.Module):
+    """DCGAN generator: noise -> a (widths[0], s, s) map -> transposed convs that double the
+    side (batch norm + ReLU) -> tanh pixels."""
+
+    def __init__(self, channels: int, size: int, widths: list[int], noise_dim: int):
+        super().__init__()
+        self.noise_dim, self.first = noise_dim, widths[0]
+        self.side = size // 2 ** len(widths)
+        self.project = nn.Sequential(nn.Linear(noise_dim, widths[0] * self.side ** 2),
+                                     nn.BatchNorm1d(widths[0] * self.side ** 2), nn.ReLU())
+        layers = []
+        for width, out in zip(widths, [*widths[1:], None], strict=True):
+            if out is None:
+                layers += [_up(width, channels), nn.Tanh()]
+            else:
+                layers += [_up(width, out), nn.BatchNorm2d(out), nn.ReLU()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(self.project(z).view(-1, self.first, self.side, self.side))
+
+
+class Discriminator(nn.Module):
+    """DCGAN discriminator: stride-2 convs with LeakyReLU (batch norm after the first, or
+    spectral norm on every layer), then one logit."""
+
+    def __init__(self, channels: int, size: int, widths: list[int], use_spectral_norm: bool):
+        super().__init__()
+        wrap = spectral_norm if use_spectral_norm else (lambda layer: layer)
+        layers, ch = [], channels
+        for index, width in enumerate(widths):
+            layers.append(wrap(_down(ch, width)))
+            if index > 0 and not use_spectral_norm:
+                layers.append(nn.BatchNorm2d(width))
+            layers.append(nn.LeakyReLU(0.2))
+            ch = width
+        side = size // 2 ** len(widths)
+        self.net = nn.Sequential(*layers, nn.Flatten())
+        self.head = wrap(nn.Linear(ch * side * side, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, H, W) -> (B,) logits
+        return self.head(self.net(x)).squeeze(-1)

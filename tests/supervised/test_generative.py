@@ -1,0 +1,173 @@
+"""Generative models as supervised jobs: the VAE's bounds, the GAN's measures of quality (a
+classifier FID, class coverage, memorisation), their spec checks, and one trained run of each
+on Ray Train checked several ways."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import runs_of, write
+from trainyard.cli import main
+from trainyard.supervised import gen_metrics
+from trainyard.supervised.generative import ConvVAE, elbo_parts, importance_weighted_bound
+from trainyard.supervised.spec import SupervisedJob
+
+
+def _spec(**model) -> dict:
+    return {"name": "g", "kind": "supervised", "data": {"name": "digits"}, "model": model}
+
+
+def test_the_importance_weighted_bound_is_tighter_than_the_elbo():
+    torch.manual_seed(0)
+    vae = ConvVAE(1, 8, [8, 16], 4)
+    with torch.no_grad():  # a posterior far from the prior: the ELBO pays ~6 nats of KL
+        vae.posterior.bias.copy_(torch.tensor([1.0] * 4 + [-2.0] * 4))
+    x = torch.rand(64, 1, 8, 8).bernoulli()
+    with torch.no_grad():
+        recon, kl = elbo_parts(vae, x)
+    elbo = (recon - kl).mean()
+    k1, k100 = (importance_weighted_bound(vae, x, k).mean() for k in (1, 100))
+    assert abs(float(k1 - elbo)) < 3.0  # k = 1 is the ELBO itself (another sample of it)
+    assert k100 > elbo + 1.0  # and more samples tighten it
+    assert float(kl.min()) >= 0
+
+
+def test_the_frechet_distance_of_a_set_to_itself_is_zero_and_a_shift_costs_its_square():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(2000, 5))
+    assert gen_metrics.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert gen_metrics.frechet_distance(a, a + 2.0) == pytest.approx(5 * 4.0, rel=1e-6)
+
+
+def test_class_coverage_sees_mode_collapse():
+    uniform = gen_metrics.class_coverage(np.arange(1000) % 10, 10)
+    collapsed = gen_metrics.class_coverage(np.full(1000, 3), 10)
+    assert uniform["class_entropy"] == pytest.approx(1.0) and uniform["classes_covered"] == 10
+    assert collapsed["class_entropy"] == 0.0 and collapsed["classes_covered"] == 1
+
+
+def test_memorisation_flags_copies_of_training_images_and_not_new_ones():
+    rng = np.random.default_rng(0)
+    train, heldout, new = (rng.random((n, 1, 8, 8)) for n in (500, 200, 300))
+    copies = train[rng.integers(0, 500, 300)]
+    assert gen_metrics.memorisation(copies, train, heldout)["memorised_share"] == 1.0
+    assert gen_metrics.memorisation(new, train, heldout)["memorised_share"] < 0.15
+
+
+@pytest.mark.slow
+def test_the_pinned_classifier_is_the_same_network_every_time():
+    first, accuracy = gen_metrics.pinned_classifier()
+    second, again = gen_metrics.pinned_classifier()
+    images = torch.rand(20, 1, 8, 8)
+    assert accuracy == again and accuracy > 0.95
+    np.testing.assert_array_equal(first(images)[0], second(images)[0])
+
+
+@pytest.mark.parametrize("model,data,expected", [
+    ({"arch": "dcgan"}, {"name": "digits_rows"}, "model.arch dcgan generates images; data.name "
+                                                  "is 'digits_rows'"),
+    ({"arch": "vae", "widths": [8, 8, 8, 8]}, {"name": "digits"},
+     "4 stride-2 stages need an image side divisible by 16; digits images are 8x8"),
+    ({"arch": "vae"}, {"name": "digits"}, None),
+])
+def test_generative_models_are_held_to_image_data_they_fit(model, data, expected):
+    raw = {**_spec(**model), "data": data}
+    if expected is None:
+        assert SupervisedJob.model_validate(raw).monitor == ("val/elbo", "max")
+        return
+    with pytest.raises(ValueError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        SupervisedJob.model_validate(raw)
+
+
+def test_a_monitor_the_task_does_not_have_is_named_with_the_ones_it_has(workdir, capsys):
+    job = write(workdir / "g.yaml", "name: g\nkind: supervised\ndata: {name: digits}\n"
+                                    "model: {arch: dcgan}\nstop: {monitor: val/accuracy}\n")
+    assert main(["validate", str(job)]) == 2
+    err = capsys.readouterr().err
+    assert "g.yaml" in err and "stop.monitor 'val/accuracy' is not a metric of this gan task; "\
+        "one of: auto, val/fid" in err
+
+
+def test_a_feature_run_classifier_gives_its_penultimate_features():
+    from trainyard.supervised.models import ResNet
+
+    net = ResNet(1, 10, [8, 16])
+    info = {"task": "image", "model": {"arch": "resnet", "widths": [8, 16]},
+            "class_names": [str(k) for k in range(10)], "in_channels": 1,
+            "pixel_mean": [0.3], "pixel_std": [0.4]}
+    features = gen_metrics.classifier_from_run({"info": info, "state": {"model":
+                                                                        net.state_dict()}},
+                                               "runs:/abc")
+    found, classes = features(torch.rand(7, 1, 8, 8))
+    assert found.shape == (7, 16) and classes.shape == (7,)
+    with pytest.raises(ValueError, match="runs:/lm: not an image classifier"):
+        gen_metrics.classifier_from_run({"info": {**info, "task": "lm"}, "state": {}},
+                                        "runs:/lm")
+
+
+def _images(client, run_id: str) -> dict[str, list[int]]:
+    """The steps at which each MLflow image key was logged."""
+    found: dict[str, set[int]] = {}
+    for item in client.list_artifacts(run_id, "images"):
+        name = item.path.split("/")[-1]
+        key, _, rest = name.partition("%step%")
+        if rest:
+            found.setdefault(key, set()).add(int(rest.split("%")[0]))
+    return {k: sorted(v) for k, v in found.items()}
+
+
+@pytest.mark.slow
+def test_a_vae_trains_on_ray_train_and_reports_its_bounds_and_pictures(workdir, ray_once):
+    from conftest import REPO
+
+    job = REPO / "supervised" / "configs" / "vae_digits.yaml"
+    assert main(["run", str(job), "-o", "stop.epochs=12", "-o", "resources.workers=1",
+                 "-o", "model.latent_dim=2", "-o", "tracking.system_metrics=false",
+                 "-o", "model.kl_warmup_epochs=2", "-o", "eval.images_every_epochs=4"]) == 0
+    client, [run] = runs_of(f"sqlite:///{workdir / 'trainyard-runs' / 'mlflow.db'}",
+                            "generative")
+    metrics = run.data.metrics
+    elbo = [m.value for m in client.get_metric_history(run.info.run_id, "val/elbo")]
+    assert len(elbo) == 12 and elbo[-1] > elbo[0] + 3  # nats per 8x8 image
+    # the bound and its parts add up; the 100-sample bound is tighter; the model beats
+    # pixels on their own
+    assert metrics["test/elbo"] == pytest.approx(metrics["test/recon"] - metrics["test/kl"],
+                                                 abs=1e-3)
+    assert metrics["test/log_px_iw100"] > metrics["test/elbo"]
+    assert metrics["test/log_px_iw100"] > metrics["baseline/log_px_pixelwise"] + 1.5
+    assert metrics["train/kl_weight"] == 1.0
+    assert run.data.tags["trainyard.headline"] == "val/elbo"
+    steps = _images(client, run.info.run_id)
+    assert set(steps) == {"reconstructions", "samples", "latent"}, steps
+    assert len(steps["samples"]) == 3  # epochs 4, 8, 12
+    folder = client.download_artifacts(run.info.run_id, "best_model", str(workdir))
+    info = json.loads((workdir / "best_model" / "info.json").read_text())
+    assert info["task"] == "vae" and folder
+
+
+@pytest.mark.slow
+def test_a_dcgan_trains_two_ddp_networks_and_is_measured(workdir, ray_once):
+    from conftest import REPO
+
+    job = REPO / "supervised" / "configs" / "dcgan_digits.yaml"
+    assert main(["run", str(job), "-o", "stop.epochs=16", "-o", "tracking.system_metrics=false",
+                 "-o", "eval.images_every_epochs=4"]) == 0
+    client, [run] = runs_of(f"sqlite:///{workdir / 'trainyard-runs' / 'mlflow.db'}",
+                            "generative")
+    metrics, run_id = run.data.metrics, run.info.run_id
+    fid = [m.value for m in client.get_metric_history(run_id, "val/fid")]
+    assert len(fid) == 16 and min(fid) < fid[0] / 2, fid
+    assert metrics["val/best_fid"] == pytest.approx(min(fid))
+    assert metrics["test/fid_real_floor"] < metrics["test/fid"]
+    assert metrics["test/classes_covered"] >= 6, metrics
+    assert 0.0 <= metrics["test/memorised_share"] < 0.5
+    assert 0.0 < metrics["train/d_real"] < 1.0 and 0.0 < metrics["train/d_fake"] < 1.0
+    assert metrics["fid/classifier_test_accuracy"] > 0.95
+    assert _images(client, run_id)["samples"] == sorted(_images(client, run_id)["samples"])
+    assert len(_images(client, run_id)["samples"]) == 4
+    artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
+    assert "plots/samples_over_training.gif" in artifacts
