@@ -273,6 +273,22 @@ def _cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_translate(args: argparse.Namespace) -> int:
+    try:
+        loaded, ref, info = _read_run(args, "read")
+    except ValueError as err:
+        return _fail(str(err), BAD_INPUT)
+    translate = get_workload(loaded.spec.kind).translate
+    if translate is None:
+        return _fail(f"run {args.run_id} is a {loaded.spec.kind} job: trainyard translate is "
+                     "for sequence-to-sequence runs", BAD_INPUT)
+    try:
+        print(translate(loaded.spec, ref, args.text, args.beam))
+    except ValueError as err:
+        return _fail(f"run {args.run_id}: {err}", BAD_INPUT)
+    return 0
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from trainyard import tracking
 
@@ -300,6 +316,7 @@ COMMANDS["compare"] = _cmd_compare
 COMMANDS["sweep"] = _cmd_sweep
 COMMANDS["eval"] = _cmd_eval
 COMMANDS["play"] = _cmd_play
+COMMANDS["translate"] = _cmd_translate
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -108,6 +108,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--second", action="store_true", help="let the agent move first")
     p.add_argument("--tracking-uri", default=None)
 
+    p = sub.add_parser("translate", help="a sequence-to-sequence run's output for a text")
+    p.add_argument("run_id")
+    p.add_argument("text")
+    p.add_argument("--beam", type=int, default=None,
+                   help="beam search width (default: the job's model.beam_size; 1: greedy)")
+    p.add_argument("--tracking-uri", default=None)
+
     p = sub.add_parser("ui", help="open the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--host", default="127.0.0.1",

@@ -59,6 +59,9 @@ class Workload:
     #: `trainyard play RUN_ID`: fn(spec, run_info, human_first) -> the person's result;
     #: None when the kind has no such thing
     play: Callable[..., int] | None = None
+    #: `trainyard translate RUN_ID TEXT`: fn(spec, run_ref, text, beam or None) -> the
+    #: model's output (ValueError: one line for the user); None when the kind has none
+    translate: Callable[..., str] | None = None
     #: the headline metric of one job when it depends on the job (fn(spec) -> metric name),
     #: e.g. a supervised VAE's val/elbo; None: `headline_metric` for every job of the kind
     headline: Callable[["JobBase"], str] | None = None

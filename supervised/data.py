@@ -32,6 +32,10 @@ class DataInfo:
     # classifier's inputs were standardised with: a generator's samples are fed to it so)
     pixel_mean: list[float] = field(default_factory=list)
     pixel_std: list[float] = field(default_factory=list)
+    # sequence to sequence: `vocab` is the source's, this the target's; words or characters
+    target_vocab: list[str] = field(default_factory=list)
+    word_tokens: bool = False
+    groups: list[str] = field(default_factory=list)  # names of the test split's groups
 
 
 @dataclass
@@ -250,10 +254,40 @@ def unigram_bits_per_char(splits: Splits) -> float:
     return float(-log_p[splits.val.tensors[1].flatten()].mean())
 
 
+def load_pairs(spec, seed: int) -> Splits:
+    """Source/target pairs: generated dates or the user's parallel text (seq2seq_data)."""
+    from trainyard.supervised import seq2seq_data as s2s
+
+    if spec.name == "dates":
+        splits, groups = s2s.date_pairs(seed, spec.train_size, spec.unseen_formats,
+                                        spec.val_fraction, spec.test_fraction)
+        names = ["seen formats", "unseen formats"]
+        words = False
+    else:
+        pairs = s2s.read_parallel(spec.path)
+        order = np.random.default_rng(seed).permutation(len(pairs))
+        n_val = max(1, int(len(pairs) * spec.val_fraction))
+        n_test = max(1, int(len(pairs) * spec.test_fraction))
+        pick = lambda index: [pairs[i] for i in index]  # noqa: E731
+        splits = {"val": pick(order[:n_val]), "test": pick(order[n_val:n_val + n_test]),
+                  "train": pick(order[n_val + n_test:])}
+        groups, names, words = [0] * len(splits["test"]), ["all"], spec.tokens == "words"
+    source = s2s.Vocab.build([a for a, _ in splits["train"]], words)
+    target = s2s.Vocab.build([b for _, b in splits["train"]], words)
+    info = DataInfo("seq2seq", vocab=source.tokens, target_vocab=target.tokens,
+                    word_tokens=words, groups=names,
+                    seq_len=max(len(source.encode(a)) for a, _ in splits["train"]))
+    return Splits(s2s.pairs_to_tensors(splits["train"], source, target),
+                  s2s.pairs_to_tensors(splits["val"], source, target),
+                  s2s.pairs_to_tensors(splits["test"], source, target, groups), info)
+
+
 def load_dataset(spec, seed: int, pixels: str = "standardised") -> Splits:
     """The splits the spec's `data` section describes (`pixels`: see load_images)."""
-    from trainyard.supervised.spec_data import IMAGE_DATA, TEXT_DATA
+    from trainyard.supervised.spec_data import IMAGE_DATA, PAIR_DATA, TEXT_DATA
 
+    if spec.name in PAIR_DATA:
+        return load_pairs(spec, seed)
     if spec.name in IMAGE_DATA:
         return load_images(spec, seed, pixels)
     if spec.name in TEXT_DATA:

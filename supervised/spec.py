@@ -15,10 +15,17 @@ from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 from trainyard.supervised.spec_data import (  # noqa: F401 - the data names live there
     DATASETS,
     IMAGE_DATA,
+    PAIR_DATA,
     SEQUENCE_DATA,
     TEXT_DATA,
     DataSection,
     DigitsData,
+)
+from trainyard.supervised.spec_models import (
+    GANModel,
+    Seq2SeqGRUModel,
+    Seq2SeqTransformerModel,
+    VAEModel,
 )
 
 # --------------------------------------------------------------------------- resources, stop
@@ -109,37 +116,6 @@ class TransformerModel(Section):
         return self
 
 
-class VAEModel(Section):
-    """A convolutional variational autoencoder: stride-2 conv encoder -> diagonal Gaussian
-    latent -> its mirror-image decoder; Bernoulli pixels (dynamically binarised)."""
-
-    arch: Literal["vae"]
-    latent_dim: int = Field(16, ge=1, description="size of the Gaussian latent (2: a latent "
-                            "map scattered by class is logged)")
-    widths: list[Annotated[int, Field(ge=1)]] = Field(
-        [32, 64], min_length=1, description="channels of the encoder's stride-2 convs (each "
-        "halves the image side; the decoder mirrors them)")
-    kl_warmup_epochs: float = Field(5.0, ge=0, description="the KL term's weight rises "
-                                    "linearly from 0 to 1 over these epochs (0: from the start)")
-
-
-class GANModel(Section):
-    """DCGAN: a transposed-conv generator and a conv discriminator, non-saturating loss, Adam
-    with beta1 = 0.5 for both networks (train.optimizer does not apply)."""
-
-    arch: Literal["dcgan"]
-    noise_dim: int = Field(32, ge=1, description="size of the generator's Gaussian noise")
-    generator_widths: list[Annotated[int, Field(ge=1)]] = Field(
-        [128, 64], min_length=1, description="channels entering each of the generator's "
-        "side-doubling transposed convs")
-    discriminator_widths: list[Annotated[int, Field(ge=1)]] = Field(
-        [64, 128], min_length=1, description="channels of the discriminator's stride-2 convs")
-    spectral_norm: bool = Field(False, description="spectral norm on every discriminator "
-                                "layer (instead of batch norm)")
-    discriminator_lr: float | None = Field(None, gt=0, description="the discriminator's "
-                                           "learning rate (None: train.lr)")
-
-
 class CustomModel(Section):
     """Your own network: `arch: module:factory` names a function that takes the data's shapes
     as keyword arguments (those it declares, of: task, in_channels, image_size, num_classes,
@@ -175,10 +151,13 @@ class CustomModel(Section):
         return check_factory(arch, deep=bool((info.context or {}).get("user_code")))
 
 
-ARCHS = ("resnet", "lstm", "gru", "transformer", "vae", "dcgan")
+ARCHS = ("resnet", "lstm", "gru", "transformer", "vae", "dcgan", "seq2seq_gru",
+         "seq2seq_transformer")
 GENERATIVE = ("vae", "dcgan")
+SEQ2SEQ = ("seq2seq_gru", "seq2seq_transformer")
 _TAGS = {"resnet": "resnet", "lstm": "rnn", "gru": "rnn", "transformer": "transformer",
-         "vae": "vae", "dcgan": "dcgan"}
+         "vae": "vae", "dcgan": "dcgan", "seq2seq_gru": "seq2seq_gru",
+         "seq2seq_transformer": "seq2seq_transformer"}
 
 
 def _arch_tag(value: Any) -> str:
@@ -192,6 +171,8 @@ ModelSection = Annotated[Annotated[ResNetModel, Tag("resnet")]
                          | Annotated[RNNModel, Tag("rnn")]
                          | Annotated[TransformerModel, Tag("transformer")]
                          | Annotated[VAEModel, Tag("vae")] | Annotated[GANModel, Tag("dcgan")]
+                         | Annotated[Seq2SeqGRUModel, Tag("seq2seq_gru")]
+                         | Annotated[Seq2SeqTransformerModel, Tag("seq2seq_transformer")]
                          | Annotated[CustomModel, Tag("custom")],
                          # (no arch at all: reported as the missing `arch`, like the others)
                          Discriminator(_arch_tag, custom_error_type="union_tag_not_found",
@@ -254,9 +235,10 @@ MONITORS = {"image": {"val/accuracy": "max", "val/loss": "min"},
             "sequence": {"val/accuracy": "max", "val/loss": "min"},
             "lm": {"val/loss": "min", "val/accuracy": "max"},
             "vae": {"val/elbo": "max", "val/loss": "min"},
-            "gan": {"val/fid": "min"}}
+            "gan": {"val/fid": "min"},
+            "seq2seq": {"val/exact_match": "max", "val/loss": "min"}}
 AUTO_MONITOR = {"image": "val/accuracy", "sequence": "val/accuracy", "lm": "val/loss",
-                "vae": "val/elbo", "gan": "val/fid"}
+                "vae": "val/elbo", "gan": "val/fid", "seq2seq": "val/exact_match"}
 IMAGE_SIDE = {"digits": 8, "mnist_idx": 28, "cifar10": 32}
 
 
@@ -288,6 +270,14 @@ class SupervisedJob(JobBase):
         if arch in GENERATIVE:
             self._check_generative()
             return self
+        if (arch in SEQ2SEQ) != (data in PAIR_DATA):
+            if arch in SEQ2SEQ:
+                raise ValueError(f"model.arch {arch} translates sequences into sequences; "
+                                 f"data.name {data!r} is not pairs of them: use dates or "
+                                 "parallel_text (attention over images is not supported)")
+            raise ValueError(f"data.name {data!r} is source/target pairs; model.arch {arch} "
+                             "cannot produce a sequence: use seq2seq_gru or "
+                             "seq2seq_transformer")
         if arch == "resnet" and data not in IMAGE_DATA:
             raise ValueError(f"model.arch resnet needs image data ({', '.join(IMAGE_DATA)}); "
                              f"data.name is {data!r}: use lstm, gru or transformer")
@@ -317,9 +307,11 @@ class SupervisedJob(JobBase):
 
     @property
     def task(self) -> str:
-        """image | sequence | lm | vae | gan"""
+        """image | sequence | lm | vae | gan | seq2seq"""
         if self.model.arch in GENERATIVE:
             return "vae" if self.model.arch == "vae" else "gan"
+        if self.data.name in PAIR_DATA:
+            return "seq2seq"
         if self.data.name in IMAGE_DATA:
             return "image"
         return "lm" if self.data.name in TEXT_DATA else "sequence"

@@ -106,10 +106,43 @@ class TextData(_Split):
     context: int = Field(128, ge=2, le=8192, description="characters per training sequence")
 
 
+class DatesData(_Split):
+    """Date normalisation, generated from the seed: "3rd of March 1998", "03/03/98", ...
+    -> "1998-03-03" (sequence to sequence). Held-out dates are never seen in training; the
+    test split also writes them in `unseen_formats`, reported apart."""
+
+    name: Literal["dates"]
+    train_size: int = Field(30_000, ge=100, description="training pairs drawn")
+    unseen_formats: list[str] = Field(
+        ["abbrev_us", "dmy_dotted"], description="formats kept out of training and used only "
+        "in the test split (see trainyard.supervised.seq2seq_data.FORMATS)")
+
+    @model_validator(mode="after")
+    def _known(self) -> "DatesData":
+        from trainyard.supervised.dates import FORMATS
+
+        unknown = [f for f in self.unseen_formats if f not in FORMATS]
+        if unknown:
+            raise ValueError(f"data.unseen_formats: unknown {unknown}; one of {list(FORMATS)}")
+        if len(self.unseen_formats) >= len(FORMATS) - 1:
+            raise ValueError("data.unseen_formats: leave at least two formats for training")
+        return self
+
+
+class ParallelTextData(_Split):
+    """Your parallel text: a UTF-8 file of `source<TAB>target` lines (sequence to sequence)."""
+
+    name: Literal["parallel_text"]
+    path: str = Field(..., description="the source<TAB>target file")
+    tokens: Literal["chars", "words"] = Field("chars", description="characters, or "
+                                               "whitespace-separated words")
+
+
 DataSection = Annotated[
     DigitsData | DigitsRowsData | ImageFolderData | MnistIdxData | Cifar10Data | TableData
-    | TextData, Field(discriminator="name")]
+    | TextData | DatesData | ParallelTextData, Field(discriminator="name")]
 IMAGE_DATA = ("digits", "image_folder", "mnist_idx", "cifar10")
 SEQUENCE_DATA = ("digits_rows", "table")
 TEXT_DATA = ("text",)
-DATASETS = IMAGE_DATA + SEQUENCE_DATA + TEXT_DATA
+PAIR_DATA = ("dates", "parallel_text")
+DATASETS = IMAGE_DATA + SEQUENCE_DATA + TEXT_DATA + PAIR_DATA

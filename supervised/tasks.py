@@ -200,6 +200,10 @@ def make_task(spec, info=None) -> Task:
     task = spec.task
     if task == "lm":
         return LanguageModel(spec, info)
+    if task == "seq2seq":
+        from trainyard.supervised.seq2seq_task import Seq2SeqTask
+
+        return Seq2SeqTask(spec, info)
     if task in ("vae", "gan"):
         from trainyard.supervised.gen_tasks import GANTask, VAETask
 

@@ -13,7 +13,8 @@ def _train(spec, ctx):
 
 
 def _headline(spec: SupervisedJob) -> str:
-    return {"vae": "val/elbo", "gan": "val/fid"}.get(spec.task, "val/accuracy")
+    return {"vae": "val/elbo", "gan": "val/fid",
+            "seq2seq": "val/exact_match"}.get(spec.task, "val/accuracy")
 
 
 def _run_tags(spec: SupervisedJob) -> dict[str, str]:
@@ -21,8 +22,29 @@ def _run_tags(spec: SupervisedJob) -> dict[str, str]:
             "headline": _headline(spec)}
 
 
+def _translate(spec: SupervisedJob, ref, text: str, beam: int | None) -> str:
+    import tempfile
+    from pathlib import Path
+
+    from trainyard import tracking
+
+    if spec.task != "seq2seq":
+        raise ValueError(f"a {spec.task} model does not translate; trainyard translate is for "
+                         "sequence-to-sequence runs (data.name dates or parallel_text)")
+    from trainyard.supervised.seq2seq_task import translate
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = tracking.download(ref, "best_model", tmp)
+        except Exception:  # MLflow's own exception types: the run has not saved one yet
+            folder = None
+        if folder is None:
+            raise ValueError("no best_model artifact yet (it is saved when training ends)")
+        return translate(Path(folder), text, beam or spec.model.beam_size)
+
+
 WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
-                    headline_metric="val/accuracy", headline=_headline,
+                    headline_metric="val/accuracy", headline=_headline, translate=_translate,
                     run_tags=_run_tags, step_axis="optimizer steps",
                     preload=("torch", "trainyard.supervised.trainer",
                              "trainyard.supervised.data"))
