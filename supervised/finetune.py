@@ -35,17 +35,25 @@ def load_init_state(source: str, download) -> dict[str, torch.Tensor]:
     return load_state(resolve_source(source, download))["model"]
 
 
-def apply_init(model: torch.nn.Module, weights: dict[str, torch.Tensor], init) -> list[str]:
+def apply_init(model: torch.nn.Module, weights: dict[str, torch.Tensor], init,
+               backbone: tuple[str, ...] | None = None) -> list[str]:
     """Load `weights` into `model`; replace the head if asked; freeze the backbone if asked.
 
-    Returns the names of the parameters left trainable. A backbone that does not fit (another
-    architecture or size) is a ValueError naming the first mismatches.
+    `backbone`: the name prefixes that make the backbone (an encoder-decoder's encoder);
+    None: everything but `head.`. With a backbone given, only its weights are taken (a new
+    target vocabulary keeps its own decoder). Returns the names of the parameters left
+    trainable. A backbone that does not fit (another architecture or size) is a ValueError
+    naming the first mismatches.
     """
+    def in_backbone(name: str) -> bool:
+        return name.startswith(backbone) if backbone else not name.startswith(HEAD)
+
     own = model.state_dict()
-    take = {k: v for k, v in weights.items() if not (init.new_head and k.startswith(HEAD))}
+    take = {k: v for k, v in weights.items()
+            if in_backbone(k) or not (init.new_head or backbone)}
     problems = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in take.items()
                 if k in own and v.shape != own[k].shape]
-    missing = [k for k in own if not k.startswith(HEAD) and k not in take]
+    missing = [k for k in own if in_backbone(k) and k not in take]
     if problems or missing:
         detail = "; ".join(problems[:3] + [f"missing {k}" for k in missing[:3]])
         hint = " (set init_from.new_head: true for a new task)" if any(
@@ -53,5 +61,5 @@ def apply_init(model: torch.nn.Module, weights: dict[str, torch.Tensor], init) -
         raise ValueError(f"init_from: the source model does not fit this model: {detail}{hint}")
     model.load_state_dict(take, strict=False)
     for name, param in model.named_parameters():
-        param.requires_grad = not (init.freeze_backbone and not name.startswith(HEAD))
+        param.requires_grad = not (init.freeze_backbone and in_backbone(name))
     return [n for n, p in model.named_parameters() if p.requires_grad]

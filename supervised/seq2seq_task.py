@@ -39,6 +39,10 @@ def build_seq2seq(model_spec, source: int, target: int, max_len: int = 256):
 
 
 class Seq2SeqTask(Task):
+    #: what `init_from` carries over: the encoder (and its embeddings), so a new target
+    #: language starts from a trained reader of the source
+    backbone = ("src_embed.", "encoder.", "bridge.", "net.encoder.", "positions.")
+
     def __init__(self, spec, info=None):
         super().__init__(spec, info)
         if info is not None:

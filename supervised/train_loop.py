@@ -111,7 +111,8 @@ def train_loop(config: dict[str, Any]) -> None:
                                               config["features"]["source"]))
     nets = task.build(data.val.tensors[0][:2])
     if config.get("init") is not None:
-        apply_init(nets["model"], config["init"], spec.init_from)
+        apply_init(nets["model"], config["init"], spec.init_from,
+                   getattr(task, "backbone", None))
     micro_batch = max(1, spec.train.batch_size // (world * spec.train.grad_accum))
     if streamed:
         sampler = None

@@ -116,3 +116,16 @@ def test_a_gru_with_attention_learns_dates_and_translates_them(workdir, ray_once
     assert capsys.readouterr().out.strip() == "1989-07-14"
     assert main(["translate", run_id, "July 14, 1989", "--beam", "3"]) == 0
     assert capsys.readouterr().out.strip() == "1989-07-14"
+
+
+def test_init_from_carries_the_encoder_over_to_a_new_target_vocabulary():
+    from trainyard.supervised.finetune import apply_init
+    from trainyard.supervised.seq2seq_task import Seq2SeqTask
+    from trainyard.supervised.spec import InitFrom
+
+    trained, fresh = GRUSeq2Seq(12, 9, 8, 16, True), GRUSeq2Seq(12, 30, 8, 16, True)
+    trainable = apply_init(fresh, trained.state_dict(), InitFrom(source="x", new_head=True),
+                           Seq2SeqTask.backbone)
+    assert torch.equal(fresh.encoder.weight_hh_l0, trained.encoder.weight_hh_l0)
+    assert fresh.out.weight.shape == (30, 16 + 32 + 8)  # the decoder keeps its own vocabulary
+    assert "out.weight" in trainable
