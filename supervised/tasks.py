@@ -193,19 +193,3 @@ class LanguageModel(Task):
         metrics = super().test_metrics(nets, data, device, autocast)
         metrics["test/bits_per_char"] = metrics["test/loss"] / math.log(2)
         return metrics
-
-
-def make_task(spec, info=None) -> Task:
-    """The task the spec describes (`spec.task`), for data described by `info` (DataInfo)."""
-    task = spec.task
-    if task == "lm":
-        return LanguageModel(spec, info)
-    if task == "seq2seq":
-        from trainyard.supervised.seq2seq_task import Seq2SeqTask
-
-        return Seq2SeqTask(spec, info)
-    if task in ("vae", "gan"):
-        from trainyard.supervised.gen_tasks import GANTask, VAETask
-
-        return (VAETask if task == "vae" else GANTask)(spec, info)
-    return Task(spec, info)

@@ -26,7 +26,8 @@ from trainyard.checkpoints import load_state, save_state
 from trainyard.supervised.data import ShardBatches, StreamedTrain
 from trainyard.supervised.finetune import apply_init
 from trainyard.supervised.spec import SupervisedJob
-from trainyard.supervised.tasks import Task, all_sum, make_task
+from trainyard.supervised.task_kinds import make_task
+from trainyard.supervised.tasks import Task, all_sum
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int):

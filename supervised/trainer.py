@@ -185,7 +185,7 @@ def _feature_run(spec: SupervisedJob, ctx: RunContext):
 def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     """Fit the job; return the final metrics (test accuracy and friends)."""
     from trainyard.supervised.data import load_dataset, unigram_bits_per_char
-    from trainyard.supervised.tasks import make_task
+    from trainyard.supervised.task_kinds import make_task
 
     data = load_dataset(spec.data, ctx.seed, make_task(spec).pixels)
     data = make_task(spec, data.info).prepare(data)
