@@ -298,23 +298,85 @@ def reference_player(name: str, info: GameInfo, seed: int | None = None) -> Play
                      "e.g. alphabeta:2")
 
 
-def play_game(info: GameInfo, first: Player, second: Player) -> tuple[float, float]:
-    """One game; the players' returns (+1 win, -1 loss, 0 draw), first mover's first."""
+class MCTSPlayer:
+    """OpenSpiel's own MCTSBot with random rollouts: a yardstick trainyard did not write.
+    It searches OpenSpiel's state, so it plays in `play_game` (evaluation), not in training."""
+
+    def __init__(self, info: GameInfo, simulations: int, seed: int | None = None):
+        from open_spiel.python.algorithms import mcts
+
+        rng = np.random.RandomState(seed)
+        self.name = f"mcts:{simulations}"
+        self.bot = mcts.MCTSBot(_pyspiel_game(info.name), uct_c=2.0,
+                                max_simulations=simulations,
+                                evaluator=mcts.RandomRolloutEvaluator(1, rng), random_state=rng)
+
+    def act_in(self, state) -> int:
+        return int(self.bot.step(state))
+
+    def act(self, obs: np.ndarray, mask: np.ndarray) -> int:
+        raise TypeError("mcts plays from OpenSpiel's state: use it in play_game")
+
+
+def evaluation_player(name: str, info: GameInfo, seed: int | None = None) -> Player:
+    """A reference player (see reference_player) or `mcts:<simulations>`."""
+    kind, _, count = name.partition(":")
+    if kind == "mcts":
+        if not (count.isdigit() and int(count) >= 1):
+            raise ValueError(f"unknown opponent {name!r}: mcts:<simulations>, e.g. mcts:400")
+        return MCTSPlayer(info, int(count), seed)
+    try:
+        return reference_player(name, info, seed)
+    except ValueError:
+        raise ValueError(f"unknown opponent {name!r}: use random, alphabeta:<depth> or "
+                         "mcts:<simulations>, e.g. mcts:400") from None
+
+
+def openings(info: GameInfo, plies: int, count: int, seed: int = 0) -> list[tuple[int, ...]]:
+    """`count` distinct random openings of `plies` moves that leave the game open: the same
+    set for every run (the seed is fixed), so that win rates of runs compare."""
+    rng, found = np.random.default_rng(seed), {}
+    for _ in range(50 * count):
+        match, moves = Match(info), []
+        for _ in range(plies):
+            moves.append(int(rng.choice(match.legal())))
+            match.apply(moves[-1])
+            if match.over:
+                break
+        if not match.over:
+            found.setdefault(tuple(moves), None)
+        if len(found) == count:
+            break
+    return list(found)
+
+
+def play_game(info: GameInfo, first: Player, second: Player,
+              opening: tuple[int, ...] = ()) -> tuple[float, float]:
+    """One game, from the position `opening` leaves; the players' returns (+1 win, -1 loss,
+    0 draw), first mover's first."""
     match, players = Match(info), (first, second)
+    for move in opening:
+        match.apply(move)
     while not match.over:
-        mover = match.to_move
-        match.apply(players[mover].act(match.observation(mover), match.mask()))
+        mover, player = match.to_move, players[match.to_move]
+        if hasattr(player, "act_in"):
+            match.apply(player.act_in(match.state))
+        else:
+            match.apply(player.act(match.observation(mover), match.mask()))
     return match.returns()
 
 
-def head_to_head(info: GameInfo, a: Player, b: Player, games: int) -> tuple[int, int, int]:
+def head_to_head(info: GameInfo, a: Player, b: Player, games: int,
+                 starts: list[tuple[int, ...]] | None = None) -> tuple[int, int, int]:
     """`games` games of a against b, a moving first in every other one: (wins, draws,
-    losses) of a."""
+    losses) of a. With `starts` (openings), games 2i and 2i + 1 begin from opening i, a
+    playing each colour once: a rate over positions, not one line of play."""
     wins = draws = losses = 0
     for g in range(games):
+        opening = starts[(g // 2) % len(starts)] if starts else ()
         if g % 2 == 0:
-            result = play_game(info, a, b)[0]
+            result = play_game(info, a, b, opening)[0]
         else:
-            result = play_game(info, b, a)[1]
+            result = play_game(info, b, a, opening)[1]
         wins, draws, losses = wins + (result > 0), draws + (result == 0), losses + (result < 0)
     return wins, draws, losses

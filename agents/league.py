@@ -13,8 +13,10 @@ import torch
 from trainyard.agents.elo import MAIN, LeagueState, Rated, fit_elo, fit_one, opponent_weights
 from trainyard.agents.games import (
     Player,
+    evaluation_player,
     game_info,
     head_to_head,
+    openings,
     reference_player,
 )
 from trainyard.agents.selfplay import LeagueMapping, QPlayer, main_spec, module_id
@@ -47,9 +49,14 @@ def _set_on_env_runners(algo, module_id: str, weights: dict) -> None:
 class League:
     """The league around `main`, run by the driver after every training iteration."""
 
-    def __init__(self, agent, league, seed: int):
+    def __init__(self, agent, league, seed: int, heldout: list[str] | None = None,
+                 opening_plies: int | None = None):
         self.config, self.seed = league, seed
         self.info = game_info(agent.env)
+        # who main is judged against (evaluation.opponents), from which openings
+        self.heldout = heldout if heldout is not None else ["alphabeta:3", "mcts:100"]
+        self.opening_plies = (opening_plies if opening_plies is not None
+                              else 4 if self.info.gravity else 2)
         self.references = [module_id(o) for o in league.opponents]
         self.state = LeagueState()
         for name in self.references:
@@ -161,18 +168,30 @@ class League:
                 **{f"elo/{name}": r for name, r in ratings.items()}}
 
     def evaluate(self, algo, games: int) -> dict[str, float]:
-        """`main` (greedy) against each reference opponent, moving first in half the games."""
+        """`main` (greedy) against each evaluation opponent, from the seeded openings, each
+        opening with both colours. Opponents outside the training pool are `eval/heldout/`
+        and make the headline (`eval/return_mean`: win 1, draw 0, loss -1); one also in the
+        pool is `eval/training_pool/` (a win rate that measures memory, not strength)."""
         main = QPlayer(algo.get_module(MAIN))
+        starts = openings(self.info, self.opening_plies, max(1, games // 2)) \
+            if self.opening_plies else None
         metrics, returns, results = {}, [], []
-        for name in self.references:
-            w, d, l_ = head_to_head(self.info, main, self.player(algo, name, -1), games)
-            metrics[f"eval/win_rate_vs_{name}"] = w / games
-            metrics[f"eval/loss_rate_vs_{name}"] = l_ / games
-            returns.extend([1.0] * w + [0.0] * d + [-1.0] * l_)
-            results.append((MAIN, name, w, d, l_))
-        metrics["eval/return_mean"] = float(np.mean(returns))
+        for name in self.heldout:
+            group = "training_pool" if name in self.config.opponents else "heldout"
+            opponent = evaluation_player(name, self.info,
+                                         seed=zlib.crc32(f"{self.seed}/eval/{name}".encode()))
+            w, d, l_ = head_to_head(self.info, main, opponent, games, starts)
+            key = name.replace(":", "")
+            metrics[f"eval/{group}/win_rate_vs_{key}"] = w / games
+            metrics[f"eval/{group}/loss_rate_vs_{key}"] = l_ / games
+            if group == "heldout":
+                returns.extend([1.0] * w + [0.0] * d + [-1.0] * l_)
+            if module_id(name) in self.state.players:  # rated: a point for main's Elo
+                results.append((MAIN, module_id(name), w, d, l_))
+        if returns:
+            metrics["eval/return_mean"] = float(np.mean(returns))
         rated = {n: p.rating for n, p in self.state.players.items()}
-        if self.state.snapshots:
+        if self.state.snapshots and results:
             metrics["eval/elo"] = fit_one(results, MAIN, rated)
         return metrics
 

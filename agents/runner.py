@@ -150,7 +150,8 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
                     if done and not done_rating:
                         _log_league(league, ctx)
                 target = spec.stop.eval_return_target
-                if not done and target is not None and metrics["eval/return_mean"] >= target:
+                score = metrics.get("eval/return_mean", -math.inf)
+                if not done and target is not None and score >= target:
                     done = True  # solved: this checkpoint is the one that scored
                     tracking.set_tags(ctx.run, {f"{tracking.TAG}stop_reason":
                                                 f"eval/return_mean reached {target:g}"})
@@ -207,7 +208,8 @@ def _league(spec: "RLJob", seed: int):
         return None
     from trainyard.agents.league import League
 
-    return League(spec.agent, spec.selfplay, seed)
+    return League(spec.agent, spec.selfplay, seed, spec.heldout_opponents(),
+                  spec.evaluation.opening_plies)
 
 
 def _log_league(league, ctx: "RunContext") -> None:

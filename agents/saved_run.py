@@ -76,21 +76,26 @@ def load_main(spec: "RLJob", storage: Path):
 def evaluate_selfplay(spec: "RLJob", storage: Path, seed: int, games: int,
                       opponent: str) -> dict[str, float]:
     """`trainyard eval RUN_ID --opponent NAME`: win/draw/loss of the run's agent over `games`
-    games, moving first in half of them."""
-    from trainyard.agents.games import game_info, head_to_head, reference_player
+    games from the job's seeded openings (`evaluation.opening_plies`), each with both
+    colours."""
+    from trainyard.agents.games import evaluation_player, game_info, head_to_head, openings
     from trainyard.agents.selfplay import QPlayer
     from trainyard.spec import UserInputError
 
     info = game_info(spec.agent.env)
     try:  # the name first, before anything loads
-        other = reference_player(opponent, info, seed)
+        other = evaluation_player(opponent, info, seed)
     except ValueError as err:
         raise UserInputError(f"--opponent: {err}") from None
     module, steps = load_main(spec, storage)
-    w, d, l_ = head_to_head(info, QPlayer(module), other, games)
+    plies = spec.evaluation.opening_plies
+    plies = (4 if info.gravity else 2) if plies is None else plies
+    starts = openings(info, plies, max(1, games // 2)) if plies else None
+    w, d, l_ = head_to_head(info, QPlayer(module), other, games, starts)
+    where = f"{len(starts)} openings of {plies} moves" if starts else "the empty board"
     print(f"{spec.agent.env}, agent at {steps:,} env steps, against {opponent}: {games} games "
           f"(first move alternating): won {w}, drew {d}, lost {l_}; win rate {w / games:.1%}, "
-          f"loss rate {l_ / games:.1%}")
+          f"loss rate {l_ / games:.1%}; from {where}")
     return {"eval/win_rate": w / games, "eval/draw_rate": d / games,
             "eval/loss_rate": l_ / games}
 

@@ -8,6 +8,7 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from trainyard.agents.doom import DoomSettings
 from trainyard.agents.envs import AtariSettings, check_env_id, check_user_env, is_atari, is_user_env
+from trainyard.agents.spec_selfplay import SelfPlay
 from trainyard.spec import Checkpoint, Count, JobBase, Resources, Section, Stop
 
 ALGOS = ("dqn",)
@@ -231,57 +232,29 @@ class RLEvaluation(Section):
     video_every: int = Field(5, ge=0, description="record one episode as a GIF every N "
                              "evaluations (and at the end); 0: only at the end")
     video: bool = Field(True, description="record evaluation GIFs at all")
-
-
-class SelfPlay(Section):
-    """Self-play for two-player games (`agent.env: OpenSpiel/<game>`): `main` learns against
-    a league of its own frozen snapshots and fixed reference opponents, rated by Elo."""
-
-    opponents: list[str] = Field(
-        ["random", "alphabeta:2"], min_length=1,
-        description="fixed reference opponents: random (the Elo anchor, rated 0) and "
-        "alphabeta:<depth> (a depth-limited alpha-beta search)")
-    sampling: Literal["pfsp", "pfsp_even", "uniform"] = Field(
-        "pfsp", description="how main's opponents are drawn from the pool: pfsp (prioritized "
-        "fictitious self-play: more games against the opponents it loses to), pfsp_even "
-        "(more games against those it beats about half the time: a curriculum) or uniform")
-    self_play_share: float = Field(0.2, ge=0, lt=1, description="share of games main plays "
-                                   "against its current self")
-    snapshot_win_rate: float = Field(0.7, gt=0, le=1, description="freeze a snapshot of main "
-                                     "into the pool once its recent score against the "
-                                     "snapshots in the pool (win 1, draw 0.5; their mean) "
-                                     "reaches this; snapshot_0 is main before training")
-    snapshot_min_games: Count = Field(1000, ge=1, description="league games (not counting "
-                                      "self-play) between snapshots, at least")
-    reference_min_share: float = Field(0.0, ge=0, le=0.5, description="each reference "
-                                       "opponent gets at least this share of main's league "
-                                       "games, whatever the sampling: pfsp starves a reference "
-                                       "main mostly beats (random), and main forgets it")
-    mirror: bool = Field(False, description="train on a random half of each replayed batch "
-                         "seen left-right mirrored (Connect Four and tic-tac-toe are "
-                         "symmetric): more positions for the same games")
-    rotations: bool = Field(False, description="also see replayed boards turned by quarter "
-                            "turns (tic-tac-toe: a square board without gravity); with "
-                            "`mirror`, each transition through one of the square's 8 "
-                            "symmetries")
-    pool_size: int = Field(20, ge=1, description="the latest snapshots main is drawn against "
-                           "(older ones stay rated)")
-    win_rate_decay: float = Field(0.99, gt=0, lt=1, description="per game: how slowly the "
-                                  "win rate against each opponent forgets")
-    elo_games: int = Field(40, ge=2, description="games a new snapshot plays against each "
-                           "reference and recent snapshot to be rated (first move alternates)")
-    elo_opponents: int = Field(4, ge=0, description="recent snapshots a new one is rated "
-                               "against (besides the references)")
+    opponents: list[str] | None = Field(
+        None, description="two-player games: who the agent is judged against, held out from "
+        "its training pool (selfplay.opponents): random, alphabeta:<depth> or "
+        "mcts:<simulations> (OpenSpiel's MCTS, random rollouts); None: alphabeta:3 and "
+        "mcts:100. An opponent also in the pool is reported apart (eval/training_pool/...)")
+    opening_plies: int | None = Field(
+        None, ge=0, description="two-player games: evaluation games start from random "
+        "openings of this many moves (the same seeded set for every run, each played with "
+        "both colours); None: 4 for Connect Four, 2 for tic-tac-toe; 0: the empty board")
 
     @field_validator("opponents")
     @classmethod
-    def _known_opponents(cls, names: list[str]) -> list[str]:
-        from trainyard.agents.games import GAMES, reference_player
+    def _known_opponents(cls, names: list[str] | None) -> list[str] | None:
+        from trainyard.agents.games import GAMES, evaluation_player
 
-        for name in names:
-            reference_player(name, GAMES["tic_tac_toe"])  # ValueError naming the choices
-        if len(set(names)) != len(names):
-            raise ValueError("selfplay.opponents: each opponent once")
+        for name in names or []:
+            if not name.startswith("mcts:"):  # (an MCTS bot is built only to play)
+                evaluation_player(name, GAMES["tic_tac_toe"])
+            elif not name[5:].isdigit() or int(name[5:]) < 1:
+                raise ValueError(f"unknown opponent {name!r}: mcts:<simulations>, e.g. "
+                                 "mcts:400")
+        if names is not None and len(set(names)) != len(names):
+            raise ValueError("evaluation.opponents: each opponent once")
         return names
 
 
@@ -318,6 +291,19 @@ class RLJob(JobBase):
                 "never samples a move closer than n to the end of its game (the winning and "
                 "blocking moves), so set agent.n_step: 1")
         return self
+
+    def warnings(self) -> list[str]:
+        if self.selfplay is None:
+            return []
+        shared = sorted(set(self.heldout_opponents()) & set(self.selfplay.opponents))
+        return [f"evaluation.opponents {shared} are also in selfplay.opponents (the training "
+                "pool): a win rate against them measures what the agent learned of them, not "
+                "its strength; they are reported apart as eval/training_pool/..."] \
+            if shared else []
+
+    def heldout_opponents(self) -> list[str]:
+        """Who a self-play agent is evaluated against (`evaluation.opponents` or default)."""
+        return self.evaluation.opponents or ["alphabeta:3", "mcts:100"]
 
     @model_validator(mode="after")
     def _check_epsilon(self) -> "RLJob":

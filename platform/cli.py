@@ -39,6 +39,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"# {args.job}: valid {loaded.spec.kind} job"
           + (f" (overrides: {' '.join(loaded.overrides)})" if loaded.overrides else ""))
     print(dump_spec(loaded.spec), end="")
+    for warning in loaded.spec.warnings():
+        print(f"warning: {args.job}: {warning}", file=sys.stderr)
     return 0
 
 
@@ -94,6 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from trainyard import runs
 
     loaded = load_spec(args.job, args.override, user_code=True)
+    for warning in loaded.spec.warnings():
+        print(f"warning: {args.job}: {warning}", file=sys.stderr)
     seeds = args.seed
     if seeds and any(seed < 0 for seed in seeds):
         return _fail("--seed must be a non-negative integer", BAD_INPUT)

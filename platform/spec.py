@@ -207,6 +207,10 @@ class JobBase(Section):
             raise ValueError("seeds must not repeat")
         return seeds
 
+    def warnings(self) -> list[str]:
+        """What is allowed but probably not meant (printed by validate and run)."""
+        return []
+
     def resource_demand(self) -> dict[str, float]:
         """Total Ray resources the job needs at once, e.g. {'CPU': 2, 'GPU': 1}."""
         raise NotImplementedError

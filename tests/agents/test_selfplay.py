@@ -377,7 +377,12 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
 
     # the shipped config checkpoints every 20 iterations (~20k moves): here every 3, so the
     # kill comes a few thousand moves in
+    # judged against random, which is in its training pool (reported apart, as
+    # training_pool: the bar below was measured that way), and a held-out MCTS, from the
+    # empty board as before
     proc = start_run(REPO / TTT_JOB, [f"stop.env_steps={TTT_STEPS}", "evaluation.episodes=100",
+                                      'evaluation.opponents=[random, "mcts:10"]',
+                                      "evaluation.opening_plies=0",
                                       "tracking.system_metrics=false",
                                       "checkpoint.every_iterations=3"], workdir)
     client = MlflowClient(store_uri)
@@ -411,14 +416,16 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
     metrics = run.data.metrics
     # measured at 20k moves (the shipped config, seed 0, one run): won 82%, lost 8%; Elo of
     # the snapshots -15 (snapshot_0, before training) then 379
-    assert metrics["eval/win_rate_vs_random"] >= 0.7, metrics
-    assert metrics["eval/loss_rate_vs_random"] <= 0.15, metrics
+    assert metrics["eval/training_pool/win_rate_vs_random"] >= 0.7, metrics
+    assert metrics["eval/training_pool/loss_rate_vs_random"] <= 0.15, metrics
+    assert 0 <= metrics["eval/heldout/win_rate_vs_mcts10"] <= 1, metrics
+    assert -1 <= metrics["eval/return_mean"] <= 1  # the held-out games alone
     ratings = client.get_metric_history(rid, "elo/latest_snapshot")
     assert len(ratings) >= 2, ratings
     first, last = ratings[0].value, max(r.value for r in ratings[1:])
     assert last >= first + 200, [r.value for r in ratings]
 
-    history = client.get_metric_history(rid, "eval/win_rate_vs_random")
+    history = client.get_metric_history(rid, "eval/training_pool/win_rate_vs_random")
     assert len(history) >= 2 and max(m.step for m in history) >= TTT_STEPS  # periodic, end
     assert all(0 <= m.value <= 1 for m in history)
     assert metrics["league/snapshots"] >= 2 and metrics["elo/random"] == 0
