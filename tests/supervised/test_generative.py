@@ -171,3 +171,35 @@ def test_a_dcgan_trains_two_ddp_networks_and_is_measured(workdir, ray_once):
     assert len(_images(client, run_id)["samples"]) == 4
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert "plots/samples_over_training.gif" in artifacts
+
+
+@pytest.mark.parametrize("arch", ["vae", "dcgan"])
+def test_a_users_mnist_idx_folder_trains_a_generative_model_at_its_own_size(tmp_path, arch):
+    """28x28 IDX images in [0, 1], the networks sized from them, one epoch step by step."""
+    import contextlib
+
+    from test_formats import make_mnist
+
+    from trainyard.supervised.data import load_dataset
+    from trainyard.supervised.task_kinds import make_task
+
+    spec = SupervisedJob.model_validate({
+        "name": "g", "kind": "supervised", "model": {"arch": arch},
+        "data": {"name": "mnist_idx", "path": str(make_mnist(tmp_path / "mnist", 200, 20))},
+        "train": {"batch_size": 8}, "eval": {"samples": 100}})
+    data = load_dataset(spec.data, 0, make_task(spec).pixels)
+    task = make_task(spec, data.info)
+    data = task.prepare(data)
+    images = data.train.tensors[0]
+    assert images.shape[1:] == (1, 28, 28) and 0 <= images.min() and images.max() <= 1
+    nets = task.build(data.val.tensors[0][:2])
+    optimizers = task.optimizers(nets)
+    schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0)
+                  for k, o in optimizers.items()}
+    loader = torch.utils.data.DataLoader(data.train, batch_size=8, drop_last=True)
+    stats = task.train_epoch(nets, loader, optimizers, schedulers, torch.device("cpu"),
+                             torch.Generator().manual_seed(0),
+                             (contextlib.nullcontext(), None), 0)
+    assert stats["steps"] == len(loader) and all(np.isfinite(v) for v in stats.values())
+    if arch == "vae":
+        assert task.evaluate(nets, data.val, torch.device("cpu"))["elbo"] < 0
