@@ -217,27 +217,23 @@ def test_recurrent_module_explores_per_env_with_the_time_rank():
 # ---- memory matters (slow) ----------------------------------------------------------------
 
 @pytest.mark.slow
-def test_memory_beats_no_memory_on_cartpole_without_velocities(workdir, store_uri):
-    """The same env-step budget for the recurrent agent and the feed-forward one (each with
-    its own shipped settings); the LSTM can infer the velocities, the MLP cannot."""
+def test_memory_learns_cartpole_without_velocities(workdir, store_uri):
+    """The recurrent agent, within a 15k env-step budget, balances the pole on positions alone
+    far longer than a feed-forward agent can: the LSTM infers the velocities.
+
+    The feed-forward control is not re-run here (it halved this test's time): with its own
+    shipped settings on the same budget it reached a best evaluation of 31 at 20k steps and 43
+    at 30k (3 December; `-o agent.recurrent=null -o agent.batch_size=32 -o
+    agent.training_intensity=8 -o agent.target_update_every=500`), so 120 is ~3x the most it
+    showed; the recurrent agent reached 335 at 20k."""
     from conftest import REPO, runs_of
     from trainyard.cli import main
 
     config = str(REPO / "agents" / "configs" / "rdqn_cartpole_novelocity.yaml")
-    budget = ["-o", "stop.env_steps=15k", "-o", "evaluation.every_iterations=5"]
-    assert main(["run", config, *budget]) == 0
-    assert main(["run", config, *budget, "-o", "agent.recurrent=null", "-o",
-                 "agent.batch_size=32", "-o", "agent.training_intensity=8", "-o",
-                 "agent.target_update_every=500", "-o", "name=feed-forward"]) == 0
-    client, runs = runs_of(store_uri, "recurrent")
-    best = {}
-    for run in runs:
-        evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
-        best[run.info.run_name.startswith("feed-forward")] = max(m.value for m in evals)
-        priorities = client.get_metric_history(run.info.run_id, "train/seq_priority_mean")
-        assert bool(priorities) != run.info.run_name.startswith("feed-forward")
-    recurrent, feed_forward = best[False], best[True]
-    # measured at 20k steps (3 December): recurrent 335 (from 15k on), feed-forward 31; at
-    # 30k (earlier): recurrent 227, feed-forward 43; the test stops at 15k
-    assert recurrent >= 120, best
-    assert recurrent >= 2 * feed_forward, best
+    assert main(["run", config, "-o", "stop.env_steps=15k",
+                 "-o", "evaluation.every_iterations=5"]) == 0
+    client, [run] = runs_of(store_uri, "recurrent")
+    evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
+    assert max(m.value for m in evals) >= 120, [m.value for m in evals]
+    # its replay is the prioritized sequence replay, and says so
+    assert client.get_metric_history(run.info.run_id, "train/seq_priority_mean")
