@@ -78,7 +78,8 @@ def test_the_shipped_example_checks_from_its_folder(monkeypatch, capsys):
 
 @pytest.mark.parametrize("arch,deep,expected", [
     ("resnt", False, "model.arch: unknown arch 'resnt' (did you mean 'resnet'?); one of "
-                     "'resnet', 'lstm', 'gru', 'transformer', or module:factory"),
+                     "'resnet', 'lstm', 'gru', 'transformer', 'vae', 'dcgan', 'seq2seq_gru', "
+                     "'seq2seq_transformer', or module:factory"),
     ("gone:make_net", False, "model.arch: cannot find module 'gone' of 'gone:make_net'; run from "
                              "the folder that holds it"),
     ("mymodels:nothere", True, "model.arch: module 'mymodels' has no function 'nothere'"),

@@ -184,7 +184,9 @@ def test_a_users_mnist_idx_folder_trains_a_generative_model_at_its_own_size(tmp_
     from trainyard.supervised.task_kinds import make_task
 
     spec = SupervisedJob.model_validate({
-        "name": "g", "kind": "supervised", "model": {"arch": arch},
+        "name": "g", "kind": "supervised",
+        "model": {"arch": arch, **({"widths": [8, 16]} if arch == "vae" else
+                                   {"generator_widths": [16, 8], "discriminator_widths": [8, 16]})},
         "data": {"name": "mnist_idx", "path": str(make_mnist(tmp_path / "mnist", 200, 20))},
         "train": {"batch_size": 8}, "eval": {"samples": 100}})
     data = load_dataset(spec.data, 0, make_task(spec).pixels)
