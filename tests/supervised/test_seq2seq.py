@@ -96,7 +96,7 @@ def test_a_gru_with_attention_learns_dates_and_translates_them(workdir, ray_once
     from conftest import REPO
 
     job = REPO / "supervised" / "configs" / "seq2seq_dates.yaml"
-    assert main(["run", str(job), "-o", "stop.epochs=1", "-o", "data.train_size=12000",
+    assert main(["run", str(job), "-o", "stop.epochs=2", "-o", "data.train_size=12000",
                  "-o", "tracking.system_metrics=false"]) == 0
     client, [run] = runs_of(f"sqlite:///{workdir / 'trainyard-runs' / 'mlflow.db'}",
                             "seq2seq")
@@ -106,7 +106,7 @@ def test_a_gru_with_attention_learns_dates_and_translates_them(workdir, ray_once
     assert 0.0 <= metrics["test/unseen_formats/exact_match"] <= 1.0
     assert metrics["test/bleu"] > 80 and run.data.tags["trainyard.headline"] == \
         "val/exact_match"
-    images = {a.path.split("/")[-1].split("%")[0]
+    images = {a.path.split("/")[-1].split("+")[0]
               for a in client.list_artifacts(run_id, "images")}
     assert {"attention_0", "attention_3"} <= images, images
     table = client.download_artifacts(run_id, "translations.md", str(workdir))
