@@ -60,3 +60,14 @@ def plot_curves(histories: dict[str, list[tuple[int, float]]], path: Path) -> Pa
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def figure_pixels(fig) -> np.ndarray:
+    """A matplotlib figure as an RGB uint8 array (for MLflow images), the figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.canvas.draw()
+    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
+    plt.close(fig)
+    return picture

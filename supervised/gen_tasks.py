@@ -179,11 +179,9 @@ def _scatter(points: np.ndarray, labels: np.ndarray, names: list[str]) -> np.nda
     axis.set_xlabel("z[0]")
     axis.set_ylabel("z[1]")
     axis.set_title("test images' posterior means")
-    fig.tight_layout()
-    fig.canvas.draw()
-    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return picture
+    from trainyard.media import figure_pixels
+
+    return figure_pixels(fig)
 
 
 # --------------------------------------------------------------------------- DCGAN

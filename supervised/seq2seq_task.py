@@ -174,11 +174,9 @@ def heatmap(weights: np.ndarray, source: list[str], output: list[str]) -> np.nda
     axis.set_yticks(range(rows), output[:rows], fontsize=7)
     axis.set_xlabel("source")
     axis.set_ylabel("output")
-    fig.tight_layout()
-    fig.canvas.draw()
-    picture = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    plt.close(fig)
-    return picture
+    from trainyard.media import figure_pixels
+
+    return figure_pixels(fig)
 
 
 def translate(run_dir: Path, text: str, beam: int) -> str:
