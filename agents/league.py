@@ -167,12 +167,15 @@ class League:
         return {"elo/latest_snapshot": ratings[sid],
                 **{f"elo/{name}": r for name, r in ratings.items()}}
 
-    def evaluate(self, algo, games: int) -> dict[str, float]:
+    def evaluate(self, algo, games: int, search_depth: int = 0) -> dict[str, float]:
         """`main` (greedy) against each evaluation opponent, from the seeded openings, each
         opening with both colours. Opponents outside the training pool are `eval/heldout/`
         and make the headline (`eval/return_mean`: win 1, draw 0, loss -1); one also in the
-        pool is `eval/training_pool/` (a win rate that measures memory, not strength)."""
-        main = QPlayer(algo.get_module(MAIN))
+        pool is `eval/training_pool/` (a win rate that measures memory, not strength).
+        With `search_depth`, main looks that many plies ahead and every metric is under
+        `eval/search<depth>/` instead (the headline stays the raw network's)."""
+        main = QPlayer(algo.get_module(MAIN), search_depth=search_depth, info=self.info,
+                       seed=self.seed)
         starts = openings(self.info, self.opening_plies, max(1, games // 2)) \
             if self.opening_plies else None
         metrics, returns, results = {}, [], []
@@ -190,6 +193,9 @@ class League:
                 results.append((MAIN, module_id(name), w, d, l_))
         if returns:
             metrics["eval/return_mean"] = float(np.mean(returns))
+        if search_depth:
+            return {k.replace("eval/", f"eval/search{search_depth}/", 1): v
+                    for k, v in metrics.items()}
         rated = {n: p.rating for n, p in self.state.players.items()}
         if self.state.snapshots and results:
             metrics["eval/elo"] = fit_one(results, MAIN, rated)

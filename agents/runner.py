@@ -146,7 +146,12 @@ def train(spec: "RLJob", ctx: "RunContext") -> dict[str, float]:
                 if league is None:
                     metrics.update(evaluator.run(algo, steps, final=done))
                 else:
-                    metrics.update(league.evaluate(algo, spec.evaluation.episodes))
+                    games = (spec.evaluation.final_episodes or spec.evaluation.episodes
+                             if done else spec.evaluation.episodes)
+                    metrics.update(league.evaluate(algo, games))
+                    if done and spec.agent.play_search_depth:  # beside the raw network's
+                        metrics.update(league.evaluate(algo, games,
+                                                       spec.agent.play_search_depth))
                     if done and not done_rating:
                         _log_league(league, ctx)
                 target = spec.stop.eval_return_target

@@ -91,9 +91,13 @@ def evaluate_selfplay(spec: "RLJob", storage: Path, seed: int, games: int,
     plies = spec.evaluation.opening_plies
     plies = (4 if info.gravity else 2) if plies is None else plies
     starts = openings(info, plies, max(1, games // 2)) if plies else None
-    w, d, l_ = head_to_head(info, QPlayer(module), other, games, starts)
+    depth = spec.agent.play_search_depth
+    agent = QPlayer(module, search_depth=depth, info=info, seed=seed)
+    w, d, l_ = head_to_head(info, agent, other, games, starts)
     where = f"{len(starts)} openings of {plies} moves" if starts else "the empty board"
-    print(f"{spec.agent.env}, agent at {steps:,} env steps, against {opponent}: {games} games "
+    searching = f" (searching {depth} plies)" if depth else ""
+    print(f"{spec.agent.env}, agent at {steps:,} env steps{searching}, against {opponent}: "
+          f"{games} games "
           f"(first move alternating): won {w}, drew {d}, lost {l_}; win rate {w / games:.1%}, "
           f"loss rate {l_ / games:.1%}; from {where}")
     return {"eval/win_rate": w / games, "eval/draw_rate": d / games,
@@ -108,7 +112,7 @@ def play_human(spec: "RLJob", storage: Path, human_first: bool, read=input, writ
 
     info = game_info(spec.agent.env)
     module, steps = load_main(spec, storage)
-    agent = QPlayer(module)
+    agent = QPlayer(module, search_depth=spec.agent.play_search_depth, info=info)
     match = Match(info)
     human = 0 if human_first else 1
     mark = info.marks[human]

@@ -45,6 +45,7 @@ from trainyard.agents.games import (
     reference_player,
 )
 from trainyard.agents.learner import LeanDoubleQ
+from trainyard.agents.qsearch import QSearch
 
 AGENTS = ("player_0", "player_1")
 
@@ -155,13 +156,24 @@ class QPlayer:
     """A Q-module as a games.Player: the best legal action (greedy), or with `epsilon` a
     random legal one."""
 
-    def __init__(self, module, name: str = MAIN, epsilon: float = 0.0, seed: int | None = None):
+    def __init__(self, module, name: str = MAIN, epsilon: float = 0.0, seed: int | None = None,
+                 search_depth: int = 0, info: GameInfo | None = None):
         self.module, self.name, self.epsilon = module, name, epsilon
         self.rng = np.random.default_rng(seed)
+        # a shallow search over the rules with this network at the leaves (play and
+        # evaluation only: agent.play_search_depth)
+        self.search = QSearch(info, search_depth, self.q_values, seed) if search_depth else None
+
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            out = self.module.compute_q_values({Columns.OBS: torch.as_tensor(obs)})
+        return out[QF_PREDS].numpy()
 
     def act(self, obs: np.ndarray, mask: np.ndarray) -> int:
         if self.epsilon and self.rng.random() < self.epsilon:
             return int(self.rng.choice(np.flatnonzero(mask)))
+        if self.search is not None:
+            return self.search.act(obs, mask)
         with torch.no_grad():
             batch = {Columns.OBS: torch.as_tensor(obs[None])}
             return int(self.module.forward_inference(batch)[Columns.ACTIONS][0])

@@ -133,6 +133,11 @@ class DQNAgent(Section):
         None, gt=0, description="clip bootstrapped Q-values to [-bound, bound] (a game that "
         "pays +1/-1 has values in [-1, 1]: 1.0 stops the max over noisy estimates from "
         "feeding on itself); none: unclipped")
+    play_search_depth: int = Field(
+        0, ge=0, le=4, description="two-player games: when the agent plays (trainyard play, "
+        "trainyard eval, the final evaluation) look this many plies ahead with the rules, "
+        "the network scoring the leaves; training never searches, and the raw network "
+        "(depth 0) is still what in-run evaluations report")
     replay_capacity: Count = Field(50_000, ge=1, description="transitions kept in replay")
     prioritized_replay: bool = Field(True, description="prioritized experience replay "
                                      "(default off for ALE/ games: the Nature recipe is "
@@ -275,6 +280,10 @@ class RLJob(JobBase):
 
         if is_game(self.agent.env) and self.selfplay is None:
             self.selfplay = SelfPlay()
+        elif self.agent.play_search_depth and not is_game(self.agent.env):
+            raise ValueError(f"agent.play_search_depth: {self.agent.env} is not a two-player "
+                             "game; a search over the rules needs OpenSpiel/connect_four or "
+                             "OpenSpiel/tic_tac_toe (remove the field)")
         elif self.selfplay is not None and not is_game(self.agent.env):
             raise ValueError(f"selfplay: {self.agent.env} is not a two-player game; self-play "
                              "needs agent.env OpenSpiel/connect_four or OpenSpiel/tic_tac_toe")

@@ -5,6 +5,7 @@
     trainyard sweep JOB.yaml [-o ...] [--address ...]
     trainyard resume RUN_ID [--address ...]
     trainyard eval RUN_ID [--episodes N] [--epsilon E] [--video [GIF]] [--opponent NAME]
+                         [--search-depth N]
     trainyard play RUN_ID [--second]
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
     trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
@@ -241,6 +242,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     spec, info, evaluate = found
+    if args.search_depth is not None:
+        if getattr(spec, "selfplay", None) is None:
+            return _fail("--search-depth is for two-player games (agent.env OpenSpiel/...)",
+                         BAD_INPUT)
+        if not 0 <= args.search_depth <= 4:
+            return _fail("--search-depth must be between 0 and 4", BAD_INPUT)
+        spec.agent.play_search_depth = args.search_depth
     runs.vet_checkpoints(info)
     video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
     with launcher.ray_session(args.address, spec.resources.cpus, None, _preloads(spec)):

@@ -97,8 +97,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--video", nargs="?", const="", default=None, metavar="GIF",
                    help="record the first episode (default file: eval-<run id>.gif)")
     p.add_argument("--opponent", default=None, metavar="NAME",
-                   help="two-player games: random or alphabeta:<depth> (default: the job's "
-                   "last selfplay.opponents)")
+                   help="two-player games: random, alphabeta:<depth> or mcts:<simulations> "
+                   "(default: the job's last selfplay.opponents)")
+    p.add_argument("--search-depth", type=int, default=None, metavar="N",
+                   help="two-player games: the agent looks N plies ahead, its network scoring "
+                   "the leaves (default: the job's agent.play_search_depth; 0: the raw "
+                   "network)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
 

@@ -9,6 +9,7 @@ from conftest import write
 from trainyard.agents.games import (
     GAMES,
     AlphaBetaPlayer,
+    Match,
     MCTSPlayer,
     RandomPlayer,
     evaluation_player,
@@ -48,6 +49,19 @@ def test_openspiels_mcts_plays_from_the_state_and_beats_random():
     assert wins >= 5 and losses == 0
     assert play_game(TTT, AlphaBetaPlayer(TTT, 9, seed=0), evaluation_player("mcts:200", TTT,
                                                                               0))[0] >= 0
+
+
+def test_an_mcts_opponent_replays_the_same_moves_for_a_seed():
+    def game(seed):
+        moves, match = [], Match(C4)
+        bot = evaluation_player("mcts:30", C4, seed=seed)
+        for _ in range(8):
+            moves.append(bot.act_in(match.state))
+            match.apply(moves[-1])
+        return moves
+
+    assert game(3) == game(3)
+    assert any(game(3) != game(s) for s in (4, 5, 6))  # and the seed is what fixes them
 
 
 @pytest.mark.parametrize("name", ["mcts", "mcts:0", "mcts:x", "minimax:2"])
