@@ -137,6 +137,7 @@ class LeanDQN(DQN):
         self._learning_steps = 0  # env steps sampled since learning started
         self._lean: LeanUpdate | None = None
         self._weights: rllib_private.WeightCopier | None = None
+        self._shared = False
         self._async = bool(settings.get("async_sampling")) and runners > 0
         # the most updates a learner may owe before runners wait: two chunks of every runner
         self._max_owed = max(2.0 * fragment * max(runners, 1) * self._updates_per_step, 1.0)
@@ -204,11 +205,14 @@ class LeanDQN(DQN):
 
     def _sync_weights(self) -> None:
         self._unsynced = 0
-        if self.config.num_env_runners == 0:  # the acting module is in this process: copy
+        if self.config.num_env_runners == 0:  # the acting module is in this process
             if self._weights is None:
                 self._weights = rllib_private.WeightCopier(self._lean.module,
                                                            self.env_runner.module)
-            self._weights.copy()
+                # syncing after every update: share the tensors instead (no copy at all)
+                self._shared = self._sync_every == 1 and self._weights.share()
+            if not self._shared:
+                self._weights.copy()
         else:  # fire-and-forget (RLlib's default timeout 0): runners pick them up between
             # chunks
             self.env_runner_group.sync_weights(from_worker_or_learner_group=self.learner_group,

@@ -41,6 +41,7 @@ from ray.rllib.algorithms.dqn.torch.dqn_torch_learner import DQNTorchLearner
 from ray.rllib.connectors.connector_v2 import ConnectorV2
 from ray.rllib.core.columns import Columns
 from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME, TD_ERROR_KEY
+from ray.rllib.utils.torch_utils import clip_gradients
 
 from trainyard.agents.recurrent import sequence_loss
 
@@ -192,9 +193,35 @@ class DQNLearner(DQNTorchLearner):
                                                 symmetries["mirror"], symmetries["rotations"])
         return self._symmetries
 
+    def _get_clip_function(self):
+        return self._clip_by_global_norm
+
+    def _clip_by_global_norm(self, gradients_dict, *, grad_clip, grad_clip_by):
+        """RLlib's clip by global norm, in one pass over the gradients: their norms (kept, so
+        that `apply_gradients` checks them for nan/inf without a second pass), then a scale
+        only when the norm is over `grad_clip` (RLlib's multiplies by 1 otherwise, a second
+        pass of every update: ~1.7 ms of a 50 ms Nature-CNN update on this CPU)."""
+        if grad_clip_by != "global_norm":
+            return clip_gradients(gradients_dict, grad_clip=grad_clip, grad_clip_by=grad_clip_by)
+        grads = [g for g in gradients_dict.values() if g is not None]
+        if not grads:
+            return torch.zeros(())
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+        self._checked = getattr(self, "_checked", set()) | {id(g) for g in grads}
+        self._finite = getattr(self, "_finite", True) and bool(torch.isfinite(total))
+        if self._finite and float(total) + 1e-6 > grad_clip:  # RLlib's coefficient, unclamped
+            torch._foreach_mul_(grads, grad_clip / (float(total) + 1e-6))
+        return total.nan_to_num(posinf=1e9)  # (RLlib logs it)
+
     def apply_gradients(self, gradients_dict) -> None:
         grads = [g for g in gradients_dict.values() if g is not None]
-        if grads and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum()):
+        checked, finite = getattr(self, "_checked", set()), getattr(self, "_finite", True)
+        self._checked, self._finite = set(), True
+        if grads and all(id(g) in checked for g in grads):  # normed while clipping
+            bad = not finite
+        else:
+            bad = bool(grads) and not torch.isfinite(torch.stack(torch._foreach_norm(grads)).sum())
+        if bad:
             logger.warning("gradients contain nan/inf values: this update is skipped")
             for grad in grads:
                 grad.zero_()

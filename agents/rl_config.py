@@ -56,6 +56,7 @@ def build_config(spec: "RLJob", seed: int):
                          env_runner_restore_timeout_s=faults.restore_timeout_s)
         .learners(num_learners=res.learners, num_gpus_per_learner=res.gpus_per_learner)
         .training(lr=agent.lr, gamma=agent.gamma, train_batch_size_per_learner=agent.batch_size,
+                  grad_clip=agent.grad_clip, grad_clip_by="global_norm",
                   n_step=agent.n_step, double_q=agent.double_q, dueling=agent.dueling,
                   target_network_update_freq=agent.target_update_every,
                   num_steps_sampled_before_learning_starts=agent.learning_starts,

@@ -39,6 +39,18 @@ class WeightCopier:
                       target.state_dict(keep_vars=True).items()]
         self.same_device = all(s.device == t.device for s, t in self.pairs)
 
+    def share(self) -> bool:
+        """Make each acting tensor a view of the learner's own (same device, shape and
+        dtype): the optimizer's in-place steps then reach the acting module at once and
+        there is nothing to copy. The same math as copying after every update, which is
+        all it may stand in for. False (nothing changed) where the tensors differ."""
+        if not self.same_device or any(s.shape != t.shape or s.dtype != t.dtype
+                                       for s, t in self.pairs):
+            return False
+        for source, target in self.pairs:
+            target.data = source.data
+        return True
+
     @torch.no_grad()
     def copy(self) -> None:
         if self.same_device:

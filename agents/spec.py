@@ -117,6 +117,10 @@ class DQNAgent(Section):
                                  "1e-8 in torch, 1.5e-4 in Dopamine; RMSProp 0.01 in Nature)")
     rmsprop_decay: float = Field(0.95, gt=0, lt=1, description="RMSProp's squared-gradient "
                                  "decay (Nature: 0.95)")
+    grad_clip: float | None = Field(40.0, gt=0, description="clip the gradients' global norm "
+                                    "to this (RLlib's DQN default); null: no clipping, as the "
+                                    "Nature paper (it clips the error: the Huber loss) and "
+                                    "single-file DQNs train")
     gamma: float = Field(0.99, gt=0, le=1, description="discount factor")
     batch_size: int = Field(32, ge=1, description="transitions per gradient update")
     n_step: int = Field(1, ge=1, description="n-step returns")

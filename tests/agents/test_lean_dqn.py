@@ -224,6 +224,25 @@ def test_lean_update_gives_rllibs_dqn_loss_and_gradients(double_q, dueling):
         assert torch.allclose(grad, rllib_grads[name], rtol=1e-4, atol=1e-6), name
 
 
+@pytest.mark.parametrize("scale", [0.01, 100.0])
+def test_the_one_pass_clip_scales_gradients_as_rllibs_and_flags_nan(scale):
+    from ray.rllib.utils.torch_utils import clip_gradients
+
+    from trainyard.agents.learner import DQNLearner
+
+    grads = {i: torch.randn(5, 3) * scale for i in range(4)}
+    theirs = {k: v.clone() for k, v in grads.items()}
+    learner = DQNLearner.__new__(DQNLearner)  # the clip and the check need no built learner
+    ours = learner._get_clip_function()(grads, grad_clip=1.0, grad_clip_by="global_norm")
+    expected = clip_gradients(theirs, grad_clip=1.0, grad_clip_by="global_norm")
+    assert torch.allclose(ours, expected)
+    assert all(torch.allclose(grads[k], theirs[k], atol=1e-7) for k in grads)
+    assert learner._finite and learner._checked == {id(g) for g in grads.values()}
+    grads[0][0, 0] = float("nan")
+    learner._get_clip_function()(grads, grad_clip=1.0, grad_clip_by="global_norm")
+    assert not learner._finite
+
+
 def test_private_rllib_attributes_are_where_trainyard_reads_them():
     """Fails loudly, naming the attribute, when a Ray upgrade moves one (see
     trainyard.agents.rllib_private)."""
@@ -241,6 +260,17 @@ def test_private_rllib_attributes_are_where_trainyard_reads_them():
     source, target = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
     rllib_private.WeightCopier(source, target).copy()
     assert torch.equal(source.weight, target.weight) and torch.equal(source.bias, target.bias)
+    # shared instead of copied: the learner's next optimizer step is what the acting
+    # module holds, with no copy; a module of another shape is left alone
+    assert rllib_private.WeightCopier(source, target).share()
+    source.weight.grad = torch.ones_like(source.weight)
+    torch.optim.SGD(source.parameters(), lr=0.5).step()
+    assert torch.equal(target.weight, source.weight)
+    assert target.weight.data_ptr() == source.weight.data_ptr()
+    other = torch.nn.Linear(3, 4)
+    kept = other.weight.clone()
+    assert not rllib_private.WeightCopier(source, other).share()
+    assert torch.equal(other.weight, kept)
 
 
 @pytest.mark.slow

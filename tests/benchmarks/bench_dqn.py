@@ -11,8 +11,9 @@
     fp32, default memory format, no compile; it does not change from run to run). Then the
     same pairing with one lever changed at a time: RLlib's own step, weights in the default
     memory format, torch.compile, bf16.
-(c) Training on CartPole: trainyard (RLlib's step: the MLP is tiny, per-step Python rules)
-    against a single-file DQN with the same network and ratio.
+(c) Training on CartPole: trainyard against a single-file DQN with the same network, ratio
+    and settings (the MLP is tiny: per-step Python rules), trainyard's env runner stepping
+    one CartPole (as the single file does) and then 4 (as Pong's 4 games).
 
 Each pairing runs as two processes that take turns in `--window`-second slices, the other
 frozen (SIGSTOP), after both have learned for 500 steps: this VM's speed drifts by tens of
@@ -20,7 +21,7 @@ percent over minutes, and turns put both sides in the same minutes. Prints one l
 
     dqn: pong sampling 0.79x raw ALE (...) | pong training 1.13x single-file (trainyard
     123/s vs 109/s) | ms/update: ... | training with one lever changed: rllib step 0.70x, ...
-    | cartpole training 0.31x single-file (...)
+    | cartpole training 0.33x single-file with one env, as it has (...), 0.63x with 4 envs (...)
 
 and with --runners a second line, grown after each remote-runner pairing (sync with one
 runner, then async sampling with each count).
@@ -49,15 +50,21 @@ NUM_ENVS = 4
 LEARNING_STARTS = 1_000
 STEPS = ("env_runners", "num_env_steps_sampled_lifetime")
 WARM = 500  # steps learned before the turns start (compilation, allocations)
-PONG = {"resources.gpus_per_learner": 0, "agent.optimizer": "adam",
-        "agent.optimizer_eps": 1e-8, "agent.lr": 1e-4, "agent.replay_capacity": 100_000,
-        "agent.learning_starts": LEARNING_STARTS, "agent.precision": "fp32"}
+# The single-file loops' settings, pinned on trainyard's side too (the shipped configs are
+# tuned to learn, and may move away from them): the same math on both sides.
+SAME = {"agent.replay_capacity": 100_000, "agent.learning_starts": LEARNING_STARTS,
+        "agent.batch_size": 32, "agent.training_intensity": 8, "agent.n_step": 1,
+        "agent.epsilon_start": 1.0, "agent.epsilon_end": 0.1, "agent.epsilon_steps": 100_000,
+        "agent.optimizer": "adam", "agent.optimizer_eps": 1e-8, "agent.grad_clip": "null"}
+PONG = {**SAME, "resources.gpus_per_learner": 0, "agent.lr": 1e-4,
+        "agent.target_update_every": 1_000, "agent.precision": "fp32"}
 LEVERS = {"rllib step": {"agent.lean_step": "false"},
           "default memory format": {"agent.channels_last": "false"},
           "torch.compile": {"agent.compile": "true"},
           "bf16": {"agent.precision": "bf16"}}
-CARTPOLE = {"agent.prioritized_replay": "false", "agent.dueling": "false",
-            "agent.double_q": "false", "agent.learning_starts": LEARNING_STARTS}
+CARTPOLE = {**SAME, "agent.prioritized_replay": "false", "agent.dueling": "false",
+            "agent.double_q": "false", "agent.hidden": "[64, 64]", "agent.lr": 5e-4,
+            "agent.target_update_every": 500}
 
 
 class Counter:
@@ -396,8 +403,11 @@ def main() -> None:
                 levers.append(f"{name} {lever / lever_plain:.2f}x")
         line += " | training with one lever changed: " + ", ".join(levers)
     cart, cart_plain = pair("cartpole", CARTPOLE)
-    line += (f" | cartpole training {cart / cart_plain:.2f}x single-file ({cart:,.0f} vs "
-             f"{cart_plain:,.0f}/s)")
+    line += (f" | cartpole training {cart / cart_plain:.2f}x single-file with one env, as it "
+             f"has ({cart:,.0f} vs {cart_plain:,.0f}/s)")
+    # RLlib's per-step costs are per vector step: 4 CartPoles a step, as Pong's 4 games
+    cart, cart_plain = pair("cartpole", {**CARTPOLE, "resources.envs_per_env_runner": 4})
+    line += f", {cart / cart_plain:.2f}x with 4 envs ({cart:,.0f} vs {cart_plain:,.0f}/s)"
     print(line, flush=True)
     if args.runners:
         runs = []
