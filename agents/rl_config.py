@@ -22,7 +22,8 @@ def quiet_rllib() -> None:
         return not any(text in record.getMessage() for text in _NOISE)
 
     for name in ("ray.rllib.algorithms.algorithm_config", "ray._common.deprecation",
-                 "ray.rllib.utils.deprecation", "ray.tune.utils.util"):
+                 "ray.rllib.utils.deprecation", "ray.tune.utils.util",
+                 "ray.rllib.core.rl_module.rl_module"):
         logger = logging.getLogger(name)
         if keep not in logger.filters:
             logger.addFilter(keep)

@@ -63,6 +63,7 @@ def load_main(spec: "RLJob", storage: Path):
     from trainyard.agents.games import game_info
     from trainyard.agents.selfplay import MAIN, main_spec
 
+    quiet_rllib()
     folder, progress = _latest_checkpoint(storage)
     path = Path(folder) / "learner_group" / "learner" / "rl_module" / MAIN
     checkpoints.vet_rllib_checkpoint(path)  # before anything of it is decoded
