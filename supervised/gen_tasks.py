@@ -72,13 +72,66 @@ class Sampler(nn.Module):
         return (self.net(z) + 1.0) / 2.0
 
 
+class SampleQuality:
+    """What both generative tasks measure on their samples with one classifier's features:
+    the FID to the test images beside the real-data floor, class coverage, memorisation.
+    The classifier is `eval.feature_run`'s or the pinned digits one, the same for every run
+    and both tasks, so a VAE's FID and a GAN's compare."""
+
+    _features = None  # the FeatureNet, built on first use on each rank
+    classifier_accuracy: float | None = None
+    _nearest = None
+
+    def use_features(self, net) -> None:
+        self._features = net
+
+    def features(self):
+        if self._features is None:
+            self._features, self.classifier_accuracy = gen_metrics.pinned_classifier()
+        return self._features
+
+    def has_features(self) -> bool:
+        return self._features is not None or self.spec.data.name == "digits"
+
+    def sample_metrics(self, images: torch.Tensor, data) -> dict[str, float]:
+        """`images`: samples in [0, 1]."""
+        net = self.features()
+        fake, classes = net(images)
+        test, _ = net(data.test.tensors[0])
+        train_images = data.train.tensors[0]
+        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))
+        train, _ = net(train_images[pick[:len(images)]])
+        metrics = {"test/fid": gen_metrics.frechet_distance(test, fake),
+                   # what a generator that drew training images would score
+                   "test/fid_real_floor": gen_metrics.frechet_distance(test, train)}
+        if self.classifier_accuracy is not None:
+            metrics["fid/classifier_test_accuracy"] = self.classifier_accuracy
+        coverage = gen_metrics.class_coverage(classes, max(2, self.info.num_classes))
+        metrics.update({f"test/{k}": v for k, v in coverage.items()})
+        copies = gen_metrics.memorisation(images.numpy(), train_images.numpy(),
+                                          data.test.tensors[0].numpy())
+        metrics.update({f"test/{k}": v for k, v in copies.items()})
+        self._nearest = images[:16], train_images
+        return metrics
+
+    def log_nearest(self, ref) -> None:
+        """Samples over their nearest training images: copies would show as twins."""
+        if self._nearest is not None:
+            samples, train = self._nearest
+            index, _ = gen_metrics.nearest(samples.flatten(1).numpy(), train.flatten(1).numpy())
+            pairs = torch.stack([samples, train[torch.from_numpy(index)]], 1).flatten(0, 1)
+            _log_grid(ref, pairs, "nearest_training_image", 0)
+
+
 # --------------------------------------------------------------------------- VAE
 
 
-class VAETask(Task):
+class VAETask(SampleQuality, Task):
     """Bernoulli pixels: training images binarised afresh at every step (dynamic binarisation),
     validation and test binarised once with a fixed seed, so every epoch and every run score
-    the same pixels. Metrics in nats per image: the ELBO, its reconstruction and KL parts."""
+    the same pixels. Metrics in nats per image: the ELBO, its reconstruction and KL parts; at
+    the end also the GAN's sample measures (FID, coverage, memorisation) on the decoder's
+    pixel means, where a classifier of the images is at hand."""
 
     pixels = "unit"
     steps_per_epoch = 1
@@ -129,6 +182,12 @@ class VAETask(Task):
         x = data.test.tensors[0].float()
         metrics["baseline/log_px_pixelwise"] = float(bernoulli_log_prob(
             torch.logit(p).expand_as(x), x).mean())
+        if self.has_features():
+            with torch.no_grad():
+                z = torch.randn(self.spec.eval.samples, vae.latent_dim,
+                                generator=torch.Generator().manual_seed(0))
+                images = torch.sigmoid(vae.decode(z.to(device))).cpu()
+            metrics.update(self.sample_metrics(images, data))
         return metrics
 
     def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
@@ -150,6 +209,7 @@ class VAETask(Task):
                                                  self.info.class_names), "latent", step)
 
     def final_artifacts(self, nets: Nets, data, ref, device) -> None:
+        self.log_nearest(ref)
         vae = nets["model"].cpu()
         _save_best(ref, nets, self.spec, self.info, Sampler(vae, vae.latent_dim), _side(data))
 
@@ -187,7 +247,7 @@ def _scatter(points: np.ndarray, labels: np.ndarray, names: list[str]) -> np.nda
 # --------------------------------------------------------------------------- DCGAN
 
 
-class GANTask(Task):
+class GANTask(SampleQuality, Task):
     """Non-saturating GAN: per batch one discriminator step (real and fake passes separate, each
     with its own backward) and one generator step; Adam with beta1 = 0.5 for both. Quality is
     the classifier FID of `eval.samples` samples against the validation (per epoch, picks the
@@ -197,17 +257,7 @@ class GANTask(Task):
 
     def __init__(self, spec, info=None):
         super().__init__(spec, info)
-        self._features = None  # the FeatureNet, built on first use on each rank
-        self.classifier_accuracy: float | None = None
         self.frames: list[np.ndarray] = []
-
-    def use_features(self, net) -> None:
-        self._features = net
-
-    def features(self):
-        if self._features is None:
-            self._features, self.classifier_accuracy = gen_metrics.pinned_classifier()
-        return self._features
 
     def build(self, sample: torch.Tensor) -> Nets:
         model, side, channels = self.spec.model, int(sample.shape[-1]), self.info.in_channels
@@ -290,25 +340,8 @@ class GANTask(Task):
         return {"fid": gen_metrics.frechet_distance(real, fake)}
 
     def test_metrics(self, nets: Nets, data, device, autocast) -> dict[str, float]:
-        net = self.features()
-        images = self.samples(nets["generator"], self.spec.eval.samples)
-        fake, classes = net(images)
-        test, _ = net(data.test.tensors[0])
-        train_images = data.train.tensors[0]
-        pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))
-        train, _ = net(train_images[pick[:len(images)]])
-        metrics = {"test/fid": gen_metrics.frechet_distance(test, fake),
-                   # what a generator that drew training images would score
-                   "test/fid_real_floor": gen_metrics.frechet_distance(test, train)}
-        if self.classifier_accuracy is not None:
-            metrics["fid/classifier_test_accuracy"] = self.classifier_accuracy
-        coverage = gen_metrics.class_coverage(classes, max(2, self.info.num_classes))
-        metrics.update({f"test/{k}": v for k, v in coverage.items()})
-        copies = gen_metrics.memorisation(images.numpy(), train_images.numpy(),
-                                          data.test.tensors[0].numpy())
-        metrics.update({f"test/{k}": v for k, v in copies.items()})
-        self._nearest = images[:16], train_images
-        return metrics
+        return self.sample_metrics(self.samples(nets["generator"], self.spec.eval.samples),
+                                   data)
 
     def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
         if epoch % self.spec.eval.images_every_epochs == 0:
@@ -322,10 +355,6 @@ class GANTask(Task):
             if self.frames:
                 gif = write_gif(self.frames, Path(tmp, "samples_over_training.gif"), fps=4)
                 tracking.log_artifact(ref, gif, "plots")
-        if getattr(self, "_nearest", None) is not None:  # samples over their nearest
-            samples, train = self._nearest  # training images: copies would show as twins
-            index, _ = gen_metrics.nearest(samples.flatten(1).numpy(), train.flatten(1).numpy())
-            pairs = torch.stack([samples, train[torch.from_numpy(index)]], 1).flatten(0, 1)
-            _log_grid(ref, pairs, "nearest_training_image", 0)
+        self.log_nearest(ref)
         gen = nets["generator"].cpu()
         _save_best(ref, nets, self.spec, self.info, Sampler(gen, gen.noise_dim), _side(data))

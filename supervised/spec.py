@@ -223,7 +223,7 @@ class GenerativeEval(Section):
         None, description="runs:/RUN_ID of an image classifier run whose penultimate layer "
         "the FID is measured in (None: the pinned digits classifier, for 8x8 digits only)")
     samples: int = Field(1000, ge=100, description="samples the FID, class coverage and "
-                         "memorisation check are measured on (the issue's floor is 1,000)")
+                         "memorisation check are measured on (FID is biased upwards below ~1,000)")
     images_every_epochs: int = Field(1, ge=1, description="log sample grids (and VAE "
                                      "reconstructions) as MLflow images every N epochs")
     iw_samples: int = Field(100, ge=1, description="VAE: importance samples of the test "

@@ -155,17 +155,18 @@ def _init_weights(spec: SupervisedJob, ctx: RunContext):
 
 
 def _feature_run(spec: SupervisedJob, ctx: RunContext):
-    """A GAN's FID classifier named by `eval.feature_run` (its info.json and weights, read
-    safely here and shipped to the workers), None for the pinned digits classifier."""
+    """The FID classifier of a GAN or VAE named by `eval.feature_run` (its info.json and
+    weights, read safely here and shipped to the workers), None for the pinned digits
+    classifier (or, for a VAE of other images, for no FID)."""
     import json
 
     from trainyard.checkpoints import load_state
 
     source = spec.eval.feature_run
-    if spec.task != "gan":
+    if spec.task not in ("gan", "vae"):
         return None
     if source is None:
-        if spec.data.name != "digits":
+        if spec.data.name != "digits" and spec.task == "gan":  # (a VAE has its bounds)
             raise UserInputError(
                 f"eval.feature_run: the FID of {spec.data.name} images needs a classifier of "
                 "them; train one (e.g. a resnet on the same data) and name it here as "

@@ -141,9 +141,13 @@ def test_a_vae_trains_on_ray_train_and_reports_its_bounds_and_pictures(workdir, 
     assert metrics["test/log_px_iw100"] > metrics["test/elbo"]
     assert metrics["test/log_px_iw100"] > metrics["baseline/log_px_pixelwise"] + 1.5
     assert metrics["train/kl_weight"] == 1.0
+    # the GAN's sample measures, with the same pinned classifier, so the two compare
+    assert metrics["test/fid_real_floor"] < metrics["test/fid"] < 1e3
+    assert metrics["test/classes_covered"] >= 5, metrics
     assert run.data.tags["trainyard.headline"] == "val/elbo"
     steps = _images(client, run.info.run_id)
-    assert set(steps) == {"reconstructions", "samples", "latent"}, steps
+    assert set(steps) == {"reconstructions", "samples", "latent", "nearest_training_image"}, \
+        steps
     assert len(steps["samples"]) == 3  # epochs 4, 8, 12
     folder = client.download_artifacts(run.info.run_id, "best_model", str(workdir))
     info = json.loads((workdir / "best_model" / "info.json").read_text())
