@@ -323,7 +323,9 @@ def test_a_snapshot_is_a_frozen_deep_copy_of_main():
     from trainyard.agents.runner import _league
     from trainyard.agents.selfplay import MAIN
 
-    spec = _ttt_spec("agent.learning_starts=200", "selfplay.elo_games=2")
+    # a few updates per iteration are enough to move main (the shipped 500 took ~50 s)
+    spec = _ttt_spec("agent.learning_starts=200", "selfplay.elo_games=2",
+                     "agent.training_intensity=1")
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         register_env(spec.agent.env, make_env_creator(spec.agent))
@@ -362,8 +364,9 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
                                                          monkeypatch):
     """One run of the shipped tic-tac-toe league, cut to TTT_STEPS moves, checked several
     ways: killed (its whole process group) once a checkpoint holds the league, `trainyard
-    resume` brings the league back and finishes the run in the same MLflow run; it makes an
-    agent that beats random in most games and rarely loses to it; the Elo of its successive
+    resume` brings the league back and finishes the run in the same MLflow run; against
+    opponents it never trained with, its results improve and it loses at most half its games
+    to a small MCTS; the Elo of its successive
     snapshots rises (the last one rated well above the first); snapshots, Elo metrics and
     table, and periodic evaluations are recorded; then `trainyard eval --opponent` and
     `trainyard play` work on it."""
@@ -376,13 +379,10 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
     from trainyard.cli import main
 
     # the shipped config checkpoints every 20 iterations (~20k moves): here every 3, so the
-    # kill comes a few thousand moves in
-    # judged against random, which is in its training pool (reported apart, as
-    # training_pool: the bar below was measured that way), and a held-out MCTS, from the
-    # empty board as before
+    # kill comes a few thousand moves in. Judged only against opponents it never trained
+    # against (its pool: random, alphabeta:2), from the seeded 2-ply openings
     proc = start_run(REPO / TTT_JOB, [f"stop.env_steps={TTT_STEPS}", "evaluation.episodes=100",
-                                      'evaluation.opponents=[random, "mcts:10"]',
-                                      "evaluation.opening_plies=0",
+                                      'evaluation.opponents=["alphabeta:1", "mcts:10"]',
                                       "tracking.system_metrics=false",
                                       "checkpoint.every_iterations=3"], workdir)
     client = MlflowClient(store_uri)
@@ -414,18 +414,20 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
     assert steps == sorted(set(steps)) and steps[-1] >= TTT_STEPS
 
     metrics = run.data.metrics
-    # measured at 20k moves (the shipped config, seed 0, one run): won 82%, lost 8%; Elo of
-    # the snapshots -15 (snapshot_0, before training) then 379
-    assert metrics["eval/training_pool/win_rate_vs_random"] >= 0.7, metrics
-    assert metrics["eval/training_pool/loss_rate_vs_random"] <= 0.15, metrics
-    assert 0 <= metrics["eval/heldout/win_rate_vs_mcts10"] <= 1, metrics
-    assert -1 <= metrics["eval/return_mean"] <= 1  # the held-out games alone
+    # held out, from the openings (the shipped config, seed 0, 4 December): the mean result
+    # (win 1, draw 0, loss -1) over 200 games went from -0.72 at 5k moves to -0.31 at 20k;
+    # losses to mcts:10 from 69% to 35%
+    returns = [m.value for m in sorted(client.get_metric_history(rid, "eval/return_mean"),
+                                       key=lambda m: m.step)]
+    assert returns[-1] >= returns[0] + 0.2, returns
+    assert metrics["eval/heldout/loss_rate_vs_mcts10"] <= 0.5, metrics
+    assert not any(k.startswith("eval/training_pool/") for k in metrics)
     ratings = client.get_metric_history(rid, "elo/latest_snapshot")
     assert len(ratings) >= 2, ratings
     first, last = ratings[0].value, max(r.value for r in ratings[1:])
     assert last >= first + 200, [r.value for r in ratings]
 
-    history = client.get_metric_history(rid, "eval/training_pool/win_rate_vs_random")
+    history = client.get_metric_history(rid, "eval/heldout/win_rate_vs_alphabeta1")
     assert len(history) >= 2 and max(m.step for m in history) >= TTT_STEPS  # periodic, end
     assert all(0 <= m.value <= 1 for m in history)
     assert metrics["league/snapshots"] >= 2 and metrics["elo/random"] == 0

@@ -9,8 +9,10 @@ from conftest import REPO, runs_of
 from trainyard.cli import main
 
 
+# The Transformer only: the LSTM config shares the recurrent path that test_jobs_e2e's GRU
+# sequence tables train through, so a second learning run here checked nothing new.
 @pytest.mark.slow
-@pytest.mark.parametrize("config", ["transformer_charlm.yaml", "lstm_charlm.yaml"])
+@pytest.mark.parametrize("config", ["transformer_charlm.yaml"])
 def test_char_lm_beats_unigram_in_120_steps(ray_once, workdir, store_uri, config):
     argv = ["run", str(REPO / "supervised" / "configs" / config), "-o", "stop.epochs=2",
             "-o", "train.steps_per_epoch=60", "-o", "output.log_model=false"]
