@@ -139,3 +139,29 @@ def test_a_user_env_trains_on_a_remote_env_runner_and_is_evaluated_with_its_conf
     # env_config reached the remote runner (training episodes) and the driver's evaluation
     assert run.data.metrics["train/episode_len_mean"] == 4.0
     assert run.data.metrics["eval/episode_len_mean"] == 4.0
+
+
+def test_the_readme_memory_example_passes_gymnasiums_checker_and_pays_only_the_named_cue(
+        monkeypatch, capsys):
+    import gymnasium as gym
+    import numpy as np
+
+    from conftest import REPO
+    from trainyard.cli import main
+
+    monkeypatch.chdir(REPO / "examples")
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    assert main(["validate", "--check-env", "memory_cue.yaml"]) == 0, capsys.readouterr().err
+    env = gym.make("CueRecall-v0", cues=4, delay=6)
+    obs, _ = env.reset(seed=3)
+    cue = int(np.argmax(obs[:4]))
+    returns = []
+    for action in (cue, (cue + 1) % 4):
+        env.reset(seed=3)
+        total, done, steps = 0.0, False, 0
+        while not done:
+            obs, reward, done, _, _ = env.step(action)
+            total, steps = total + reward, steps + 1
+            assert not obs[:4].any()  # the cue is never shown again
+        returns.append((total, steps))
+    assert returns == [(1.0, 7), (0.0, 7)]
