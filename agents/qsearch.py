@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from trainyard.agents.games import GameInfo, Rules
+from trainyard.agents.games import GameInfo, Rules, legal_mask
 
 # Q-values of a game agent are bounded by 1 (`agent.value_bound`), so any finished game
 # scores beyond every leaf estimate; quicker wins (more plies left) score higher.
@@ -58,16 +58,11 @@ class QSearch:
                 for a in self.rules.legal(board)}
         leaf_values = np.zeros(0)
         if leaves:
-            q = np.asarray(self.values(np.stack([self.observation(b) for b in leaves])),
-                           np.float64)
-            legal = np.stack([self._legal_mask(b) for b in leaves])
+            planes = np.stack([self.observation(b) for b in leaves])
+            q = np.asarray(self.values(planes), np.float64)
+            legal = legal_mask(planes, self.info.num_actions) > 0  # read off plane 2
             leaf_values = np.where(legal, q, -np.inf).max(axis=1)
         return {a: self._backup(node, leaf_values) for a, node in tree.items()}
-
-    def _legal_mask(self, board: np.ndarray) -> np.ndarray:
-        mask = np.zeros(self.info.num_actions, bool)
-        mask[self.rules.legal(board)] = True
-        return mask
 
     def _expand(self, board: np.ndarray, action: int, depth: int, leaves: list):
         """The node after the mover plays `action`: a float (the game ended; mover's side),
