@@ -137,13 +137,72 @@ class TransformerSeq2Seq(nn.Module):
         return self._decode(self.encode(src), tgt_in)
 
     def step(self, memory, prefix: torch.Tensor, cache=None):
-        logits = self._decode(memory, prefix)[:, -1]
-        weights = self.last_weights[:, -1] if self.last_weights is not None else None
-        return F.log_softmax(logits.float(), -1), None, weights
+        """Log-probs of the token after `prefix`, decoding one position per call: `cache`
+        holds each layer's self-attention keys and values of the positions before and the
+        cross-attention keys and values of the source, so a step costs one position's work
+        instead of the whole prefix's (the same numbers as `_decode`'s last row: test)."""
+        if cache is None:
+            cache = {"cross": [self._heads(memory["out"], layer.multihead_attn, kv=True)
+                               for layer in self.net.decoder.layers],
+                     "self": [None] * len(self.net.decoder.layers)}
+            for t in range(prefix.shape[1] - 1):  # a prefix given without its cache
+                self._one(memory, prefix[:, t:t + 1], t, cache)
+        hidden, weights = self._one(memory, prefix[:, -1:], prefix.shape[1] - 1, cache)
+        return F.log_softmax(self.out(hidden)[:, 0].float(), -1), cache, weights
+
+    @staticmethod
+    def _heads(x, attn: nn.MultiheadAttention, kv: bool):
+        """x (B, T, C) projected by `attn`'s input weights into (B, heads, T, C/heads): the
+        query alone, or the key and value."""
+        d = x.shape[-1]
+        w, b = attn.in_proj_weight, attn.in_proj_bias
+        parts = (F.linear(x, w[d:], b[d:]).chunk(2, -1) if kv
+                 else (F.linear(x, w[:d], b[:d]),))
+        split = [p.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for p in parts]
+        return split if kv else split[0]
+
+    def _one(self, memory, token: torch.Tensor, position: int, cache):
+        """One decoder position through every layer (pre-norm, as nn.TransformerDecoderLayer
+        with norm_first and eval-mode dropout), appending its keys and values to `cache`."""
+        where = torch.full((1,), position, device=token.device)
+        x = self.tgt_embed(token) * math.sqrt(self.d_model) + self.positions(where)[None]
+        attend = ~memory["pad"][:, None, None, :]  # (B, 1, 1, S): True where a real token
+        weights = None
+        for i, layer in enumerate(self.net.decoder.layers):
+            h = layer.norm1(x)
+            k, v = self._heads(h, layer.self_attn, kv=True)
+            if cache["self"][i] is not None:
+                (k_old, v_old) = cache["self"][i]
+                k, v = torch.cat([k_old, k], 2), torch.cat([v_old, v], 2)
+            cache["self"][i] = (k, v)
+            out = F.scaled_dot_product_attention(self._heads(h, layer.self_attn, kv=False), k, v)
+            x = x + layer.self_attn.out_proj(out.transpose(1, 2).flatten(2))
+            q = self._heads(layer.norm2(x), layer.multihead_attn, kv=False)
+            k, v = cache["cross"][i]
+            scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~attend,
+                                                                                  -math.inf)
+            probs = scores.softmax(-1)
+            out = (probs @ v).transpose(1, 2).flatten(2)
+            x = x + layer.multihead_attn.out_proj(out)
+            x = x + layer.linear2(layer.activation(layer.linear1(layer.norm3(x))))
+            weights = probs.mean(1)[:, 0]  # the last layer's, averaged over heads: (B, S)
+        return self.net.decoder.norm(x), weights
 
     @staticmethod
     def select(memory, index: torch.Tensor):
         return {k: v.index_select(0, index) for k, v in memory.items()}
+
+
+def take(cache, rows: torch.Tensor):
+    """The decoding state of the beam rows kept (a GRU's state tensor, or a Transformer's
+    nested lists of key/value tensors)."""
+    if cache is None:
+        return None
+    if isinstance(cache, torch.Tensor):
+        return cache.index_select(0, rows)
+    if isinstance(cache, dict):
+        return {k: take(v, rows) for k, v in cache.items()}
+    return type(cache)(take(v, rows) for v in cache)
 
 
 @torch.no_grad()
@@ -201,8 +260,7 @@ def beam_search(model, src: torch.Tensor, beam: int, max_len: int,
         prefixes = torch.cat([prefixes[rows_t], torch.tensor(keep_tokens,
                                                              device=src.device)[:, None]], 1)
         scores = torch.tensor(keep_scores, device=src.device)
-        if cache is not None:
-            cache = cache[rows_t]
+        cache = take(cache, rows_t)
     if not finished:  # nothing ended within max_len: the best unfinished one
         return prefixes[0, 1:].tolist()
     return max(finished)[1]
