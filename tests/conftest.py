@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,6 +19,9 @@ import pytest
 # for trainyard's local sessions) left every later local dashboard in this process answering
 # HTTP 401. The suite's local clusters run as trainyard's do.
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# What trainyard keeps across runs (the pinned FID classifier): one cache for the session's
+# runs, Ray workers included (they inherit this environment), none in the developer's home.
+os.environ.setdefault("TRAINYARD_CACHE", tempfile.mkdtemp(prefix="trainyard-cache-"))
 
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = REPO / "supervised" / "configs" / "cnn_digits.yaml"
@@ -93,6 +97,13 @@ def listening_addresses(port: int) -> set[str]:
                 if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
                     found.add(address)
     return found
+
+
+def pytest_runtest_logreport(report):
+    """Name each test that takes over 20 s as it ends, with its time: a CI run stopped at its
+    limit prints no --durations table, and this is how the log still says where the time went."""
+    if report.when == "call" and report.duration > 20:
+        sys.stderr.write(f"\n[{report.duration:6.0f} s] {report.nodeid}\n")
 
 
 def pytest_sessionfinish(session, exitstatus):

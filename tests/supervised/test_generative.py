@@ -58,14 +58,23 @@ def test_memorisation_flags_copies_of_training_images_and_not_new_ones():
     assert gen_metrics.memorisation(new, train, heldout)["memorised_share"] < 0.15
 
 
-def test_the_pinned_classifier_is_the_same_network_every_time(monkeypatch):
+def test_the_pinned_classifier_is_the_same_network_every_time(monkeypatch, tmp_path):
     # its recipe, shortened (the full one, 30 epochs, scores >= 0.95: the DCGAN test says so)
     monkeypatch.setitem(gen_metrics.PINNED, "epochs", 2)
-    first, accuracy = gen_metrics.pinned_classifier()
-    second, again = gen_metrics.pinned_classifier()
+    monkeypatch.setenv(gen_metrics.CACHE_ENV, str(tmp_path))
     images = torch.rand(20, 1, 8, 8)
-    assert accuracy == again and accuracy > 0.5
-    np.testing.assert_array_equal(first(images)[0], second(images)[0])
+    trained, accuracy = gen_metrics.pinned_classifier()  # trained, then kept
+    kept = gen_metrics._cache_file()
+    assert kept.is_file() and str(kept).startswith(str(tmp_path)) and accuracy > 0.5
+    kept.write_bytes(kept.read_bytes()[:100])  # a damaged file is trained anew, the same
+    again, accuracy_again = gen_metrics.pinned_classifier()
+    read, accuracy_read = gen_metrics.pinned_classifier()  # read back
+    assert accuracy == accuracy_again == accuracy_read
+    for net in (again, read):
+        np.testing.assert_array_equal(trained(images)[0], net(images)[0])
+    # another recipe is another file
+    monkeypatch.setitem(gen_metrics.PINNED, "epochs", 3)
+    assert gen_metrics._cache_file() != kept
 
 
 @pytest.mark.parametrize("model,data,expected", [
