@@ -139,6 +139,39 @@ def test_table_through_ray_data(tmp_path, ray_local, suffix):
         formats.read_table(path, "auto", ["a", "nope"], "kind")
 
 
+def test_a_table_job_splits_every_row_once_into_standardised_sequences(tmp_path, ray_local):
+    """`data: {name: table}` as a job loads it (read whole through Ray Data): each feature
+    column a step, every row in exactly one split, standardised on the training rows. The
+    streamed path trains end to end in test_jobs_e2e."""
+    import pandas as pd
+    import torch
+
+    from trainyard.supervised.data import load_dataset
+    from trainyard.supervised.spec import SupervisedJob
+
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame(rng.normal(5.0, 2.0, (400, 3)), columns=["f0", "f1", "f2"])
+    frame["label"] = [f"c{i % 4}" for i in range(400)]
+    frame["row"] = np.arange(400.0)
+    frame.to_parquet(tmp_path / "t.parquet")
+    spec = SupervisedJob.model_validate({
+        "name": "t", "kind": "supervised", "model": {"arch": "gru", "hidden": 8},
+        "data": {"name": "table", "path": str(tmp_path / "t.parquet"),
+                 "features": ["f0", "f1", "f2", "row"], "label": "label"}})
+    splits = load_dataset(spec.data, 0)
+    sizes = [len(getattr(splits, name)) for name in ("train", "val", "test")]
+    assert sum(sizes) == 400 and min(sizes) >= 40
+    x_train = splits.train.tensors[0]
+    assert x_train.shape[1:] == (4, 1)  # 4 columns = 4 steps of 1 feature
+    assert abs(float(x_train.mean())) < 1e-4 and abs(float(x_train.std()) - 1) < 1e-2
+    # the row column, standardised back, tells which rows each split got: none twice
+    ids = torch.cat([getattr(splits, name).tensors[0][:, 3, 0].double()
+                     for name in ("train", "val", "test")])
+    ids = (ids - ids.min()) / (ids.max() - ids.min()) * 399
+    assert sorted(ids.round().long().tolist()) == list(range(400))
+    assert splits.info.class_names == ["c0", "c1", "c2", "c3"]
+
+
 def test_text(tmp_path):
     assert len(formats.read_text("pydoc_topics")) > 400_000
     path = tmp_path / "corpus.txt"

@@ -33,19 +33,28 @@ def artifact_paths(client, run_id: str, folder: str | None = None) -> set[str]:
 
 
 @pytest.mark.slow
-def test_char_lm_logs_bits_per_char_samples_and_a_registered_model(ray_once, workdir,
-                                                                   store_uri):
-    run_job("transformer_charlm.yaml", "stop.epochs=2", "train.steps_per_epoch=4",
-            "data.context=32", "model.d_model=32", "model.layers=1", "train.grad_accum=2",
-            "output.register_as=charlm", "tracking.experiment=lm")
+def test_char_lm_learns_in_120_steps_and_logs_samples_and_a_registered_model(ray_once, workdir,
+                                                                           store_uri):
+    """The shipped Transformer LM on a step budget (120 optimizer steps of 32 x 64
+    characters, each accumulated from two micro-batches; the shipped 128-character context
+    took 4 minutes here), not a wall-clock one: it learns real structure, well below the
+    unigram baseline, and the run logs what an LM run logs. (The LSTM shares the recurrent
+    path the sequence tables train through.)"""
+    run_job("transformer_charlm.yaml", "stop.epochs=2", "train.steps_per_epoch=60",
+            "data.context=64", "train.grad_accum=2", "output.register_as=charlm",
+            "tracking.experiment=lm")
     client, run = last_run(store_uri, "lm")
     metrics = run.data.metrics
     assert run.info.status == "FINISHED"
-    assert metrics["baseline/unigram_bits_per_char"] > 4
-    assert 0 < metrics["val/bits_per_char"] < 8 and metrics["val/perplexity"] > 1
-    assert "test/bits_per_char" in metrics and "perf/epoch_s" in metrics
+    # measured (3 December, seed 0, context 128): unigram 4.74 bits/char; after 120 steps
+    # the Transformer's validation 3.32 and test 3.09
+    unigram = metrics["baseline/unigram_bits_per_char"]
+    assert unigram > 4 and metrics["val/perplexity"] > 1
+    assert metrics["val/bits_per_char"] < unigram - 1.0, metrics
+    assert metrics["test/bits_per_char"] < unigram - 1.0, metrics
+    assert "perf/epoch_s" in metrics
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
-    assert sorted(steps) == [4, 8]  # steps_per_epoch caps optimizer steps (accumulated)
+    assert sorted(steps) == [60, 120]  # steps_per_epoch caps optimizer steps (accumulated)
     assert {"samples.txt", "model", "best_model", "job.yaml"} <= artifact_paths(
         client, run.info.run_id)
     assert "model/MLmodel" in artifact_paths(client, run.info.run_id, "model")
@@ -57,11 +66,17 @@ def test_char_lm_logs_bits_per_char_samples_and_a_registered_model(ray_once, wor
 
 
 @pytest.mark.slow
-def test_mlflow_model_loads_and_predicts(ray_once, workdir, store_uri):
+def test_early_stopping_ends_the_run_and_its_mlflow_model_loads_and_predicts(ray_once, workdir,
+                                                                           store_uri):
     import mlflow.pyfunc
 
-    run_job("transformer_classifier.yaml", "stop.epochs=2", "tracking.experiment=clf")
+    # lr ~ 0: validation accuracy cannot improve after epoch 1, so patience 1 stops at epoch 2
+    run_job("transformer_classifier.yaml", "stop.epochs=10", "stop.patience=1",
+            "train.lr=1e-12", "tracking.experiment=clf")
     client, run = last_run(store_uri, "clf")
+    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "train/epoch")]
+    assert sorted(epochs) == [1.0, 2.0]
+    assert run.data.metrics["train/best_epoch"] == 1
     assert "plots/confusion_matrix.png" in artifact_paths(client, run.info.run_id, "plots")
     model = mlflow.pyfunc.load_model(f"{run.info.artifact_uri}/model")
     assert model.metadata.signature is not None
@@ -72,37 +87,16 @@ def test_mlflow_model_loads_and_predicts(ray_once, workdir, store_uri):
 @pytest.mark.slow
 def test_fine_tuning_from_a_run_starts_ahead(ray_once, workdir, store_uri):
     run_job("cnn_digits.yaml", "stop.epochs=4", "tracking.experiment=source")
-    _, source = last_run(store_uri, "source")
-    run_job("cnn_digits.yaml", "stop.epochs=1", "tracking.experiment=scratch")
-    _, scratch = last_run(store_uri, "scratch")
+    client, source = last_run(store_uri, "source")
     run_job("cnn_digits.yaml", "stop.epochs=1", "tracking.experiment=tuned",
             f"init_from.source=runs:/{source.info.run_id}", "init_from.freeze_backbone=true")
     _, tuned = last_run(store_uri, "tuned")
     assert tuned.data.tags["trainyard.init_from"] == f"runs:/{source.info.run_id}"
-    # a new head on a trained, frozen backbone beats a network trained from nothing, 1 epoch each
-    assert tuned.data.metrics["val/accuracy"] > scratch.data.metrics["val/accuracy"] + 0.1
-
-
-@pytest.mark.slow
-def test_table_job_through_ray_data(ray_once, workdir, store_uri):
-    import pandas as pd
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    columns = [f"p{i}" for i in range(16)]  # 4x4 average-pooled digits: 16 features
-    pooled = digits.images.reshape(-1, 4, 2, 4, 2).mean(axis=(2, 4)).reshape(-1, 16)
-    frame = pd.DataFrame(pooled, columns=columns)
-    frame["digit"] = [f"d{t}" for t in digits.target]
-    frame.to_parquet(workdir / "digits.parquet")
-    features = "[" + ", ".join(columns) + "]"
-    run_job("transformer_classifier.yaml", "data={name: table, path: digits.parquet, "
-            f"features: {features}, label: digit}}", "model={arch: gru, hidden: 64, layers: 1}",
-            "stop.epochs=15",
-            "tracking.experiment=table")
-    _, run = last_run(store_uri, "table")
-    sizes = [int(run.data.tags[f"data.{split}_size"]) for split in ("train", "val", "test")]
-    assert sum(sizes) == len(frame) and min(sizes) > 150  # every row in exactly one split
-    assert run.data.metrics["val/accuracy"] > 0.5
+    # a new head on a trained, frozen backbone beats a network trained from nothing, 1 epoch
+    # each: the source run's own first epoch (the same job and seed) is that network
+    first = min(client.get_metric_history(source.info.run_id, "val/accuracy"),
+                key=lambda m: m.step)
+    assert tuned.data.metrics["val/accuracy"] > first.value + 0.1, first.value
 
 
 @pytest.mark.slow
@@ -138,14 +132,3 @@ def test_streamed_table_trains_two_ddp_ranks_from_ray_data_shards(ray_once, work
     # 1300 rows over 2 ranks, 32-row batches per rank, last partial one dropped: 20 steps
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "train/loss")]
     assert steps[:2] == [20, 40]
-
-
-@pytest.mark.slow
-def test_early_stopping_ends_the_run_when_validation_stalls(ray_once, workdir, store_uri):
-    # lr ~ 0: validation accuracy cannot improve after epoch 1, so patience 1 stops at epoch 2
-    run_job("transformer_classifier.yaml", "stop.epochs=10", "stop.patience=1",
-            "train.lr=1e-12", "output.log_model=false", "tracking.experiment=patience")
-    client, run = last_run(store_uri, "patience")
-    epochs = [m.value for m in client.get_metric_history(run.info.run_id, "train/epoch")]
-    assert sorted(epochs) == [1.0, 2.0]
-    assert run.data.metrics["train/best_epoch"] == 1
