@@ -30,13 +30,14 @@ from trainyard.loader import LoadedSpec, dump_spec
 from trainyard.spec import JobBase, UserInputError, flatten
 from trainyard.sweep_space import SpaceExpr, parse_space_expr, to_tune
 from trainyard.sweep_summary import (
+    SCHEDULER_STOPPED,
     close_children,
     log_summary,
     print_summary,
     summarise,
     trial_rows,
 )
-from trainyard.sweep_trial import TrialSetup, run_trial, trial_name
+from trainyard.sweep_trial import RUN_ID_KEY, TrialSetup, run_trial, trial_name
 from trainyard.tracking import TAG, RunRef
 
 
@@ -139,6 +140,8 @@ class SweepMonitor:
     last_line: str = ""
     last_print: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    #: the MLflow store of the child runs, where a scheduler's stop is also written down
+    uri: str = ""
 
     def as_callback(self):
         from ray.tune import Callback
@@ -151,6 +154,7 @@ class SweepMonitor:
                 # ends the trial: a trial that finishes on its own ends with a duplicate result.
                 if result.get("done"):
                     monitor.stopped.add(trial.trial_id)
+                    monitor.mark_stopped(result)
                 value = result.get(monitor.metric)
                 if isinstance(value, (int, float)) and not math.isnan(value) and (
                         monitor.best is None or (value > monitor.best if monitor.mode == "max"
@@ -165,6 +169,13 @@ class SweepMonitor:
                 monitor.show(trials)
 
         return _Callback()
+
+    def mark_stopped(self, result: dict) -> None:
+        """Tag the trial's run as stopped by the scheduler: a sweep killed and resumed
+        reads it back (this process's memory of it does not outlive the kill)."""
+        run_id = result.get(RUN_ID_KEY)
+        if self.uri and run_id:
+            tracking.set_tags(RunRef(self.uri, run_id), {SCHEDULER_STOPPED: "1"})
 
     def show(self, trials) -> None:
         counts = {"running": 0, "pending": 0, "completed": 0, "stopped early": 0, "failed": 0}
@@ -247,7 +258,7 @@ def run_sweep(loaded: LoadedSpec) -> int:
     print(f"[{spec.name}-sweep] MLflow parent run {parent.run_id} in experiment "
           f"'{experiment}' ({uri}): {total} trials ({sweep.search} search, {sweep.scheduler} "
           f"scheduler), {concurrent} at a time", flush=True)
-    monitor = SweepMonitor(f"{spec.name}-sweep", sweep.metric, sweep.mode, total)
+    monitor = SweepMonitor(f"{spec.name}-sweep", sweep.metric, sweep.mode, total, uri=uri)
     tuner = tune.Tuner(
         _trainable(spec, setup), param_space=param_space,
         tune_config=tune.TuneConfig(
@@ -288,13 +299,22 @@ def resume_sweep(loaded: LoadedSpec, parent: RunRef, info: dict) -> int:
                              "start it again with trainyard sweep")
     experiment = spec.tracking.experiment or spec.name
     setup = _setup(spec, parent.uri, experiment, parent, storage)
+    # trials started now belong to the sweep the user ran: they carry its command, as the
+    # ones started before the interruption do (the parent records who resumed it)
+    setup.command = info["tags"].get(f"{TAG}command", setup.command)
     tracking.reopen_run(parent)
     tracking.set_tags(parent, {f"{TAG}resumed_by": provenance.command_line()})
     concurrent = int(info["tags"].get(f"{TAG}max_concurrent", "1"))
     print(f"[{info['name']}] resuming sweep {parent.run_id} from {path}", flush=True)
     tuner = tune.Tuner.restore(path, _trainable(spec, setup), resume_unfinished=True,
                                resume_errored=False, restart_errored=False)
-    monitor = SweepMonitor(info["name"], spec.sweep.metric, spec.sweep.mode, 0)
+    monitor = SweepMonitor(info["name"], spec.sweep.metric, spec.sweep.mode, 0,
+                           uri=parent.uri)
+    # The restored run config carries the callbacks pickled with it: a copy of the first
+    # session's monitor, which nothing here reads. This session's monitor takes its place
+    # (Tune has no public setter; `_local_tuner` is Ray 2.x's Tuner internals, and a Ray
+    # that moves it fails here, at resume, not silently later).
+    tuner._local_tuner.get_run_config().callbacks = [monitor.as_callback()]
     return _fit_and_summarise(tuner, spec, setup, parent, monitor, concurrent, path)
 
 

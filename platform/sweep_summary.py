@@ -53,6 +53,10 @@ def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set) -> list[dic
     return rows
 
 
+#: tag on a trial's run that its sweep's scheduler stopped it (see SweepMonitor.mark_stopped)
+SCHEDULER_STOPPED = f"{TAG}stopped_by_scheduler"
+
+
 def close_children(rows: list[dict], setup: TrialSetup, scheduler: str,
                     stopped: set) -> None:
     """Settle how each trial ended, and set its child run's status and why it stopped (a
@@ -67,12 +71,15 @@ def close_children(rows: list[dict], setup: TrialSetup, scheduler: str,
             row["state"] = row["state"] or "failed"
             continue
         row["run_id"] = refs[0].run_id
+        tags = tracking.get_tags(refs[0])
+        by_scheduler = row["trial_id"] in stopped or tags.get(SCHEDULER_STOPPED) == "1"
         if not row["state"]:
-            tag = tracking.get_tags(refs[0]).get(f"{TAG}stop_reason")
-            row["state"] = "completed" if tag == COMPLETED else "stopped early"
+            tag = tags.get(f"{TAG}stop_reason")
+            row["state"] = ("stopped early" if by_scheduler and tag != COMPLETED
+                            else "completed" if tag == COMPLETED else "stopped early")
         reason = {"completed": COMPLETED,
                   "stopped early": f"stopped early by {scheduler} after {row['reports']} reports"
-                  if row["trial_id"] in stopped else "stopped before it finished (the sweep's "
+                  if by_scheduler else "stopped before it finished (the sweep's "
                   "time budget ran out, or the sweep was interrupted)",
                   "failed": f"failed: {row['error']}"}[row["state"]]
         tracking.set_tags(refs[0], {f"{TAG}stop_reason": reason[:5000]})

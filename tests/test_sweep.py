@@ -147,31 +147,63 @@ def _artifact(client, run, path, dst) -> Path:
     return Path(client.download_artifacts(run.info.run_id, path, str(dst)))
 
 
+def _sweep_process(job: Path, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "trainyard.cli", "sweep", str(job)], cwd=cwd,
+                            env=env_without_tracking(), start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
 @pytest.mark.slow
-def test_asha_sweep_of_cartpole_dqn_stops_trials_and_its_best_yaml_reruns(
+def test_killed_asha_sweep_resumes_into_its_parent_stops_trials_and_its_best_yaml_reruns(
         workdir, store_uri, capsys):
+    """One ASHA sweep of CartPole DQN, killed (its whole process group) once a trial has
+    ended, resumed into the same parent run, then checked as a finished sweep."""
     job = _cartpole_job(workdir, """  metric: train/return_mean
   num_samples: 6
   scheduler: asha
   grace_period: 1
   space:
     agent.lr: loguniform(1e-5, 3e-3)
-    agent.target_update_every: choice(250, 1000)""", steps="3k")
+    agent.target_update_every: choice(250, 1000)""", steps="2k")
     started = time.monotonic()
-    assert main(["sweep", str(job)]) == 0
+    proc = _sweep_process(job, workdir)
+    client = MlflowClient(store_uri)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill once a trial has ended and others run
+        assert proc.poll() is None, proc.stdout.read()
+        runs = _runs(client, "cart-sweep") if (workdir / "trainyard-runs").exists() else []
+        if any(r.data.tags.get("trainyard.stop_reason") for r in runs
+               if r.data.tags.get("trainyard.sweep") != "parent"):
+            break
+        time.sleep(0.5)
+    else:
+        raise AssertionError("no trial ended in time")
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    parent, _ = _parent_and_children(client, "cart-sweep")
+    assert parent.info.status == "RUNNING"  # killed: nobody closed it
+
+    # killed outright, the sweep sealed nothing: Tune's pickles are not provably ours
+    assert main(["resume", parent.info.run_id]) == 2
+    assert "--trust-sweep-state" in capsys.readouterr().err
+    assert main(["resume", parent.info.run_id, "--trust-sweep-state"]) == 0
     took = time.monotonic() - started
     out = capsys.readouterr().out
-    client = MlflowClient(store_uri)
+    assert "resuming sweep" in out
     parent, children = _parent_and_children(client, "cart-sweep")
     assert parent.info.status == "FINISHED"
-    assert len(children) == 6
+    assert len(children) == 6  # no trial twice
+    assert sorted(c.data.tags["trainyard.trial_id"] for c in children) == sorted(
+        {c.data.tags["trainyard.trial_id"] for c in children})
     reasons = [c.data.tags["trainyard.stop_reason"] for c in children]
     stopped = [r for r in reasons if r.startswith("stopped early by asha")]
-    assert stopped, reasons  # ASHA ended some trials before their 3k env steps
+    assert stopped, reasons  # ASHA ended some trials before their 2k env steps
     assert all(r == "completed" or r.startswith("stopped early by asha") for r in reasons)
     assert {c.info.status for c in children} <= {"FINISHED", "KILLED"}
     for child in children:  # every trial has its own curve and its swept values as params
-        assert client.get_metric_history(child.info.run_id, "train/return_mean")
+        steps = [m.step for m in client.get_metric_history(child.info.run_id,
+                                                           "train/return_mean")]
+        assert steps and steps == sorted(set(steps)), steps  # never twice, never backwards
         assert "agent.lr" in child.data.params
         # the user's command, not the Ray worker's default_worker.py line
         assert child.data.tags["trainyard.command"] == parent.data.tags["trainyard.command"]
@@ -197,12 +229,15 @@ def test_asha_sweep_of_cartpole_dqn_stops_trials_and_its_best_yaml_reruns(
     sealed = json.loads((tune_folder / seal.SEAL).read_text())["files"]
     assert "tuner.pkl" in sealed and any(n.startswith("experiment_state") for n in sealed)
     seal.verify(tune_folder)
-    print(f"\nASHA sweep: 6 trials, {len(stopped)} stopped early, {took:.0f}s, training filled "
+    print(f"\nASHA sweep, killed and resumed: 6 trials, {len(stopped)} stopped early, "
+          f"{took:.0f}s, training filled "
           f"{100 * metrics['perf/sweep_busy_fraction']:.0f}% of the trial slots")
     # the best configuration is an ordinary job: it runs as one
     assert main(["run", str(best), "-o", "stop.env_steps=1000"]) == 0
     rerun = [r for r in _runs(client, "cart-sweep") if r.info.run_name == "cart"]
     assert len(rerun) == 1 and float(rerun[0].data.params["agent.lr"]) == pytest.approx(best_lr)
+
+
 
 
 @pytest.mark.slow
@@ -233,57 +268,6 @@ def test_grid_sweep_over_seeds_summarises_each_config_and_survives_a_failing_tri
     assert "+-" in captured.out and "(n=2)" in captured.out
     assert "larger than the training split" in captured.err
     assert parent.data.metrics["sweep/trials_failed"] == 2
-
-
-def _sweep_process(job: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "trainyard.cli", "sweep", str(job)], cwd=cwd,
-                            env=env_without_tracking(), start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-@pytest.mark.slow
-def test_killed_sweep_resumes_into_the_same_parent_run(workdir, store_uri, capsys):
-    job = _cartpole_job(workdir, """  metric: train/return_mean
-  search: optuna
-  num_samples: 2
-  space:
-    agent.lr: loguniform(1e-4, 3e-3)""", steps="4k", seeds="[0, 1]")
-    proc = _sweep_process(job, workdir)
-    client = MlflowClient(store_uri)
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # kill once a trial has finished and others run
-        assert proc.poll() is None, proc.stdout.read()
-        runs = _runs(client, "cart-sweep") if (workdir / "trainyard-runs").exists() else []
-        if any(r.data.tags.get("trainyard.stop_reason") == "completed" for r in runs):
-            break
-        time.sleep(0.5)
-    else:
-        raise AssertionError("no trial finished in time")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    parent, _ = _parent_and_children(client, "cart-sweep")
-    assert parent.info.status == "RUNNING"  # killed: nobody closed it
-
-    # killed outright, the sweep sealed nothing: Tune's pickles are not provably ours
-    assert main(["resume", parent.info.run_id]) == 2
-    assert "--trust-sweep-state" in capsys.readouterr().err
-    assert main(["resume", parent.info.run_id, "--trust-sweep-state"]) == 0
-    assert "resuming sweep" in capsys.readouterr().out
-    parent, children = _parent_and_children(client, "cart-sweep")
-    assert parent.info.status == "FINISHED"
-    assert len(children) == 4  # 2 Optuna points x 2 seeds, no trial twice
-    assert sorted(c.data.tags["trainyard.trial_id"] for c in children) == sorted(
-        {c.data.tags["trainyard.trial_id"] for c in children})
-    for child in children:
-        assert child.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(child.info.run_id,
-                                                           "train/return_mean")]
-        assert steps == sorted(set(steps)), steps  # no step twice, never backwards
-    # the Repeater gave each Optuna point both seeds
-    by_lr: dict[str, set] = {}
-    for child in children:
-        by_lr.setdefault(child.data.params["agent.lr"], set()).add(child.data.params["seed"])
-    assert all(seeds == {"0", "1"} for seeds in by_lr.values()), by_lr
 
 
 @pytest.mark.slow
