@@ -85,10 +85,14 @@ class Seq2SeqTask(Task):
         return {"exact": exact, "cer": cer, "guesses": guesses, "truths": truths}
 
     @torch.no_grad()
-    def evaluate(self, nets: Nets, dataset, device, autocast=None) -> dict[str, float]:
+    def evaluate(self, nets: Nets, dataset, device, autocast=None,
+                 found: dict | None = None) -> dict[str, float]:
+        """Teacher-forced loss and token accuracy, and greedy decoding's exact match and CER
+        (`found`: this split's greedy `scores`, when the caller has them already)."""
         metrics = super().evaluate(nets, torch.utils.data.TensorDataset(*dataset.tensors[:2]),
                                    device, autocast)
-        found = self.scores(nets["model"], dataset, device)
+        if found is None:
+            found = self.scores(nets["model"], dataset, device)
         return {**metrics, "exact_match": float(found["exact"].mean()),
                 "cer": float(found["cer"].mean())}
 
@@ -96,10 +100,12 @@ class Seq2SeqTask(Task):
         import sacrebleu
 
         model, test = nets["model"], data.test
-        metrics = {f"test/{k}": v for k, v in self.evaluate(nets, test, device, autocast).items()}
+        greedy_found = self.scores(model, test, device)  # decoded once, used twice
+        metrics = {f"test/{k}": v for k, v in
+                   self.evaluate(nets, test, device, autocast, greedy_found).items()}
         groups = test.tensors[2].numpy()
         beam = self.spec.model.beam_size
-        found = self.scores(model, test, device, beam)
+        found = greedy_found if beam == 1 else self.scores(model, test, device, beam)
         suffix = f"_beam{beam}" if beam > 1 else ""
         for index, name in enumerate(self.info.groups):
             pick = groups == index
