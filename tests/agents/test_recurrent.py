@@ -218,8 +218,10 @@ def test_recurrent_module_explores_per_env_with_the_time_rank():
 
 @pytest.mark.slow
 def test_memory_learns_cartpole_without_velocities(workdir, store_uri):
-    """The recurrent agent, within a 15k env-step budget, balances the pole on positions alone
-    far longer than a feed-forward agent can: the LSTM infers the velocities.
+    """The recurrent agent, within a 20k env-step budget, balances the pole on positions alone
+    far longer than a feed-forward agent can: the LSTM infers the velocities. (At 15k it
+    failed once in two runs on 4 December, best evaluation 42: the run now goes on to 20k
+    unless an evaluation reaches the bar first.)
 
     The feed-forward control is not re-run here (it halved this test's time): with its own
     shipped settings on the same budget it reached a best evaluation of 31 at 20k steps and 43
@@ -230,7 +232,8 @@ def test_memory_learns_cartpole_without_velocities(workdir, store_uri):
     from trainyard.cli import main
 
     config = str(REPO / "agents" / "configs" / "rdqn_cartpole_novelocity.yaml")
-    assert main(["run", config, "-o", "stop.env_steps=15k",
+    # the run ends at the first evaluation that reaches the bar (or at the budget)
+    assert main(["run", config, "-o", "stop.env_steps=20k", "-o", "stop.eval_return_target=120",
                  "-o", "evaluation.every_iterations=5"]) == 0
     client, [run] = runs_of(store_uri, "recurrent")
     evals = client.get_metric_history(run.info.run_id, "eval/return_mean")
