@@ -75,8 +75,7 @@ def close_children(rows: list[dict], setup: TrialSetup, scheduler: str,
         by_scheduler = row["trial_id"] in stopped or tags.get(SCHEDULER_STOPPED) == "1"
         if not row["state"]:
             tag = tags.get(f"{TAG}stop_reason")
-            row["state"] = ("stopped early" if by_scheduler and tag != COMPLETED
-                            else "completed" if tag == COMPLETED else "stopped early")
+            row["state"] = "completed" if tag == COMPLETED else "stopped early"
         reason = {"completed": COMPLETED,
                   "stopped early": f"stopped early by {scheduler} after {row['reports']} reports"
                   if by_scheduler else "stopped before it finished (the sweep's "

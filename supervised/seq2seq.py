@@ -35,7 +35,6 @@ class GRUSeq2Seq(nn.Module):
         self.cell = nn.GRUCell(embed + 2 * hidden, hidden)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden + 2 * hidden + embed, tgt_vocab)
-        self.last_weights: torch.Tensor | None = None  # (B, T, S) of the last decode
 
     def encode(self, src: torch.Tensor):
         mask = src != PAD
@@ -67,13 +66,10 @@ class GRUSeq2Seq(nn.Module):
     def forward(self, src: torch.Tensor, tgt_in: torch.Tensor) -> torch.Tensor:
         """Teacher forcing: (B, S) source, (B, T) target inputs -> (B, T, vocab) logits."""
         memory = self.encode(src)
-        state, logits, weights = memory["state"], [], []
+        state, logits = memory["state"], []
         for t in range(tgt_in.shape[1]):
-            step_logits, state, w = self._advance(memory, state, tgt_in[:, t])
+            step_logits, state, _ = self._advance(memory, state, tgt_in[:, t])
             logits.append(step_logits)
-            weights.append(w)
-        if self.attention:
-            self.last_weights = torch.stack(weights, 1).detach()
         return torch.stack(logits, 1)
 
     def step(self, memory, prefix: torch.Tensor, cache=None):
@@ -100,21 +96,6 @@ class TransformerSeq2Seq(nn.Module):
             self.net = nn.Transformer(d_model, heads, layers, layers, ff_mult * d_model,
                                       dropout, batch_first=True, norm_first=True)
         self.out = nn.Linear(d_model, tgt_vocab)
-        self.last_weights: torch.Tensor | None = None
-        # the last decoder layer's cross-attention weights, for the heat maps: asked for
-        # here, since the layer calls its attention with need_weights=False
-        cross = self.net.decoder.layers[-1].multihead_attn
-        cross.register_forward_pre_hook(self._want_weights, with_kwargs=True)
-        cross.register_forward_hook(self._keep_weights)
-
-    @staticmethod
-    def _want_weights(_module, args, kwargs):
-        kwargs.update(need_weights=True, average_attn_weights=True)
-        return args, kwargs
-
-    def _keep_weights(self, _module, _inputs, output):
-        if output[1] is not None:
-            self.last_weights = output[1].detach()
 
     def _embed(self, embed: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
         where = torch.arange(ids.shape[1], device=ids.device)
@@ -142,7 +123,7 @@ class TransformerSeq2Seq(nn.Module):
         cross-attention keys and values of the source, so a step costs one position's work
         instead of the whole prefix's (the same numbers as `_decode`'s last row: test)."""
         if cache is None:
-            cache = {"cross": [self._heads(memory["out"], layer.multihead_attn, kv=True)
+            cache = {"cross": [self._heads(memory["out"], layer.multihead_attn, 1, 2)
                                for layer in self.net.decoder.layers],
                      "self": [None] * len(self.net.decoder.layers)}
             for t in range(prefix.shape[1] - 1):  # a prefix given without its cache
@@ -151,15 +132,13 @@ class TransformerSeq2Seq(nn.Module):
         return F.log_softmax(self.out(hidden)[:, 0].float(), -1), cache, weights
 
     @staticmethod
-    def _heads(x, attn: nn.MultiheadAttention, kv: bool):
-        """x (B, T, C) projected by `attn`'s input weights into (B, heads, T, C/heads): the
-        query alone, or the key and value."""
-        d = x.shape[-1]
-        w, b = attn.in_proj_weight, attn.in_proj_bias
-        parts = (F.linear(x, w[d:], b[d:]).chunk(2, -1) if kv
-                 else (F.linear(x, w[:d], b[:d]),))
-        split = [p.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2) for p in parts]
-        return split if kv else split[0]
+    def _heads(x, attn: nn.MultiheadAttention, first: int, count: int) -> list[torch.Tensor]:
+        """x (B, T, C) through `count` of `attn`'s input projections from the `first` (0 query,
+        1 key, 2 value), each split into heads: (B, heads, T, C/heads)."""
+        rows = slice(first * x.shape[-1], (first + count) * x.shape[-1])
+        projected = F.linear(x, attn.in_proj_weight[rows], attn.in_proj_bias[rows])
+        return [p.unflatten(-1, (attn.num_heads, -1)).transpose(1, 2)
+                for p in projected.chunk(count, -1)]
 
     def _one(self, memory, token: torch.Tensor, position: int, cache):
         """One decoder position through every layer (pre-norm, as nn.TransformerDecoderLayer
@@ -169,15 +148,14 @@ class TransformerSeq2Seq(nn.Module):
         attend = ~memory["pad"][:, None, None, :]  # (B, 1, 1, S): True where a real token
         weights = None
         for i, layer in enumerate(self.net.decoder.layers):
-            h = layer.norm1(x)
-            k, v = self._heads(h, layer.self_attn, kv=True)
+            q, k, v = self._heads(layer.norm1(x), layer.self_attn, 0, 3)
             if cache["self"][i] is not None:
-                (k_old, v_old) = cache["self"][i]
+                k_old, v_old = cache["self"][i]
                 k, v = torch.cat([k_old, k], 2), torch.cat([v_old, v], 2)
             cache["self"][i] = (k, v)
-            out = F.scaled_dot_product_attention(self._heads(h, layer.self_attn, kv=False), k, v)
+            out = F.scaled_dot_product_attention(q, k, v)
             x = x + layer.self_attn.out_proj(out.transpose(1, 2).flatten(2))
-            q = self._heads(layer.norm2(x), layer.multihead_attn, kv=False)
+            (q,) = self._heads(layer.norm2(x), layer.multihead_attn, 0, 1)
             k, v = cache["cross"][i]
             scores = (q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])).masked_fill(~attend,
                                                                                   -math.inf)
