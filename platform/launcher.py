@@ -133,6 +133,11 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         for name in ("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", *LOCAL_OFF):
             if name not in os.environ:
                 env_vars[name] = "0"
+        # The raylet starts one idle worker per CPU before the job connects; they cannot serve
+        # a job with its own runtime_env (ours sets env_vars), so they only imported Ray on
+        # both cores while the job's own actors started, and were killed unused ~15 s later.
+        for name in ("RAY_enable_worker_prestart", "RAY_prestart_worker_first_driver"):
+            os.environ.setdefault(name, "0")
         kwargs["runtime_env"] = {"env_vars": env_vars}
     # An embedded session on this machine needs no token authentication (Ray would turn it on
     # and print a notice on every start); a cluster keeps whatever the user's environment says

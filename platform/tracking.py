@@ -19,13 +19,12 @@ import time
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
-
-import mlflow
-from mlflow.entities import Metric, Param, RunTag
-from mlflow.tracking import MlflowClient
+from typing import TYPE_CHECKING, Any
 
 from trainyard import provenance
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
 
 # MLflow announces its database migrations at INFO on every first use of a store.
 logging.getLogger("mlflow").setLevel(logging.WARNING)
@@ -47,7 +46,13 @@ def _client(uri: str) -> MlflowClient:
     The first time a process opens a local sqlite store it does so under a lock file beside
     the database: MLflow creates a fresh store's tables with a schema migration, and processes
     that start on a fresh store at once (two runs, sweep trials) otherwise fail in it.
+
+    mlflow is imported here and in the functions below, never at the top: every Ray Train
+    controller and worker unpickles a RunRef and so imports this module, and mlflow's own
+    import (2.7 s of a core, with pandas and scipy) sat on each one's start-up.
     """
+    from mlflow.tracking import MlflowClient
+
     if uri.startswith("sqlite:///") and uri not in _READY:
         import fcntl
 
@@ -102,12 +107,14 @@ class RunRef:
 def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of the named experiment, created if need be (another process may create it
     between our look and our create: then it is theirs we use)."""
+    from mlflow.exceptions import MlflowException
+
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
     try:
         return client.create_experiment(name, artifact_location=_artifact_root(uri))
-    except mlflow.exceptions.MlflowException as err:
+    except MlflowException as err:
         if err.error_code != "RESOURCE_ALREADY_EXISTS" or \
                 (found := client.get_experiment_by_name(name)) is None:
             raise
@@ -117,6 +124,8 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
 def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
     """Create a run with its tags, params and the resolved job.yaml; return its reference."""
+    from mlflow.entities import Param
+
     client = _client(uri)
     experiment_id = _experiment_id(client, experiment, uri)
     all_tags = {
@@ -189,11 +198,15 @@ def log_torch_model(ref: RunRef, model: Any, input_example: Any,
 
 def download(ref: RunRef, artifact_path: str, dst: str | Path) -> str:
     """Fetch an artifact of a run to `dst`; returns the local path."""
+    import mlflow.artifacts
+
     return mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path,
                                                dst_path=str(dst), tracking_uri=ref.uri)
 
 
 def set_tags(ref: RunRef, tags: dict[str, str]) -> None:
+    from mlflow.entities import RunTag
+
     client = _client(ref.uri)
     client.log_batch(ref.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -251,6 +264,8 @@ def _no_progress_bar():
 
 def run_info(ref: RunRef) -> dict[str, Any]:
     """What resume needs: the run's tags, status, and its resolved job.yaml text."""
+    import mlflow.artifacts
+
     client = _client(ref.uri)
     run = client.get_run(ref.run_id)
     # one small file: MLflow's progress bar would be the only output of a one-line refusal
@@ -363,6 +378,8 @@ class RunLogger:
         self.skip_through = dict(skip_through or {})
 
     def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
         points = [Metric(key, float(value), now, step) for key, value in metrics.items()
                   if step > self.skip_through.get(key, -1)]
