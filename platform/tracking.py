@@ -26,8 +26,6 @@ from trainyard import provenance
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-# MLflow announces its database migrations at INFO on every first use of a store.
-logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 DEFAULT_DIR = "trainyard-runs"
 TAG = "trainyard."  # prefix of our own tags
@@ -38,6 +36,12 @@ PRELOAD = ("mlflow.store.tracking.sqlalchemy_store",)
 
 
 _READY: set[str] = set()  # sqlite stores this process has opened (their schema exists)
+
+
+def _quiet_mlflow() -> None:
+    """MLflow announces its database migrations at INFO on every first use of a store. Its
+    import sets its logger's level, so ours is set after it."""
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
 def _client(uri: str) -> MlflowClient:
@@ -53,6 +57,7 @@ def _client(uri: str) -> MlflowClient:
     """
     from mlflow.tracking import MlflowClient
 
+    _quiet_mlflow()
     if uri.startswith("sqlite:///") and uri not in _READY:
         import fcntl
 
@@ -199,6 +204,8 @@ def log_torch_model(ref: RunRef, model: Any, input_example: Any,
 def download(ref: RunRef, artifact_path: str, dst: str | Path) -> str:
     """Fetch an artifact of a run to `dst`; returns the local path."""
     import mlflow.artifacts
+
+    _quiet_mlflow()
 
     return mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path,
                                                dst_path=str(dst), tracking_uri=ref.uri)
