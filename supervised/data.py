@@ -56,6 +56,9 @@ class Splits:
     val: TensorDataset
     test: TensorDataset
     info: DataInfo
+    # the test images as loaded, where a task replaced them (the VAE scores binarised pixels):
+    # sample measures (FID, memorisation) compare samples with the images themselves
+    test_pixels: torch.Tensor | None = None
 
 
 class EncodeRows:

@@ -97,7 +97,8 @@ class SampleQuality:
         """`images`: samples in [0, 1]."""
         net = self.features()
         fake, classes = net(images)
-        test, _ = net(data.test.tensors[0])
+        heldout = data.test.tensors[0] if data.test_pixels is None else data.test_pixels
+        test, _ = net(heldout)
         train_images = data.train.tensors[0]
         pick = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))
         train, _ = net(train_images[pick[:len(images)]])
@@ -109,7 +110,7 @@ class SampleQuality:
         coverage = gen_metrics.class_coverage(classes, max(2, self.info.num_classes))
         metrics.update({f"test/{k}": v for k, v in coverage.items()})
         copies = gen_metrics.memorisation(images.numpy(), train_images.numpy(),
-                                          data.test.tensors[0].numpy())
+                                          heldout.numpy())
         metrics.update({f"test/{k}": v for k, v in copies.items()})
         self._nearest = images[:16], train_images
         return metrics
@@ -138,6 +139,7 @@ class VAETask(SampleQuality, Task):
 
     def prepare(self, data):
         generator = torch.Generator().manual_seed(0)
+        data.test_pixels = data.test.tensors[0]
         for name in ("val", "test"):
             x, y = getattr(data, name).tensors
             setattr(data, name, TensorDataset(torch.bernoulli(x, generator=generator), y))

@@ -150,8 +150,11 @@ def test_a_vae_trains_on_ray_train_and_reports_its_bounds_and_pictures(workdir, 
     assert metrics["test/log_px_iw100"] > metrics["test/elbo"]
     assert metrics["test/log_px_iw100"] > metrics["baseline/log_px_pixelwise"] + 1.5
     assert metrics["train/kl_weight"] == 1.0
-    # the GAN's sample measures, with the same pinned classifier, so the two compare
-    assert metrics["test/fid_real_floor"] < metrics["test/fid"] < 1e3
+    # the GAN's sample measures, with the same pinned classifier and the same held-out images
+    # (grey, as loaded, not the binarised ones the ELBO scores: against those the training
+    # images scored a floor of 16 instead of the GAN run's 0.6), so the two compare
+    assert metrics["test/fid_real_floor"] < 2 and metrics["test/fid_real_floor"] < \
+        metrics["test/fid"] < 1e3
     assert metrics["test/classes_covered"] >= 5, metrics
     assert run.data.tags["trainyard.headline"] == "val/elbo"
     steps = _images(client, run.info.run_id)
