@@ -3,6 +3,7 @@ class coverage, memorisation), trained by the same loop as the classifiers (see 
 
 from __future__ import annotations
 
+import copy
 import json
 import tempfile
 import time
@@ -22,6 +23,7 @@ from trainyard.supervised.generative import (
     Discriminator,
     Generator,
     bernoulli_log_prob,
+    diff_augment,
     importance_weighted_bound,
 )
 from trainyard.supervised.tasks import Nets, Task, all_sum
@@ -253,24 +255,47 @@ class GANTask(SampleQuality, Task):
     """Non-saturating GAN: per batch one discriminator step (real and fake passes separate, each
     with its own backward) and one generator step; Adam with beta1 = 0.5 for both. Quality is
     the classifier FID of `eval.samples` samples against the validation (per epoch, picks the
-    best generator) and test images (at the end)."""
+    best generator) and test images (at the end). With `model.ema_decay` the samples come from
+    a running average of the generator's weights (`generator_ema`), which every measure,
+    picture and the saved sampler use."""
 
     pixels = "unit"
 
     def __init__(self, spec, info=None):
         super().__init__(spec, info)
         self.frames: list[np.ndarray] = []
+        self.averaged = {"generator_ema": "generator"} if spec.model.ema_decay else {}
 
     def build(self, sample: torch.Tensor) -> Nets:
         model, side, channels = self.spec.model, int(sample.shape[-1]), self.info.in_channels
-        return {"generator": Generator(channels, side, list(model.generator_widths),
+        nets = {"generator": Generator(channels, side, list(model.generator_widths),
                                        model.noise_dim),
                 "discriminator": Discriminator(channels, side, list(model.discriminator_widths),
                                                model.spectral_norm)}
+        if self.averaged:
+            nets["generator_ema"] = copy.deepcopy(nets["generator"]).requires_grad_(False)
+        return nets
 
     def optimizers(self, nets: Nets) -> dict[str, torch.optim.Optimizer]:
-        return {name: torch.optim.Adam(net.parameters(), lr=self.base_lr(name),
-                                       betas=(0.5, 0.999)) for name, net in nets.items()}
+        return {name: torch.optim.Adam(nets[name].parameters(), lr=self.base_lr(name),
+                                       betas=(0.5, 0.999))
+                for name in ("generator", "discriminator")}
+
+    def sampler(self, nets: Nets) -> nn.Module:
+        """The generator the samples come from: the averaged one where there is one."""
+        return nets.get("generator_ema", nets["generator"])
+
+    @torch.no_grad()
+    def _average(self, nets: Nets) -> None:
+        ema = nets.get("generator_ema")
+        if ema is None:
+            return
+        gen = getattr(nets["generator"], "module", nets["generator"])  # DDP's inner network
+        weight = 1.0 - self.spec.model.ema_decay
+        for mine, theirs in zip(ema.parameters(), gen.parameters(), strict=True):
+            mine.lerp_(theirs, weight)
+        for mine, theirs in zip(ema.buffers(), gen.buffers(), strict=True):  # batch norm's
+            mine.copy_(theirs)
 
     def base_lr(self, name: str) -> float:
         if name == "discriminator" and self.spec.model.discriminator_lr:
@@ -283,6 +308,8 @@ class GANTask(SampleQuality, Task):
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         clip, cap = self.spec.train.grad_clip, self.spec.train.steps_per_epoch
         noise_dim = self.spec.model.noise_dim
+        augment = (lambda x: diff_augment(x, rng)) if self.spec.model.diff_augment else \
+            (lambda x: x)
         gen.train()
         disc.train()
         sums = np.zeros(5)  # d_loss, g_loss, D(x), D(G(z)), examples
@@ -295,10 +322,10 @@ class GANTask(SampleQuality, Task):
             # discriminator: real and fake batches in separate passes (batch norm sees each
             # alone), each with its own backward
             opt_d.zero_grad(set_to_none=True)
-            d_real = disc(real)
+            d_real = disc(augment(real))
             loss_real = F.softplus(-d_real).mean()  # -log D(x)
             loss_real.backward()
-            d_fake = disc(fake.detach())
+            d_fake = disc(augment(fake.detach()))
             loss_fake = F.softplus(d_fake).mean()  # -log(1 - D(G(z)))
             loss_fake.backward()
             if clip:
@@ -306,11 +333,12 @@ class GANTask(SampleQuality, Task):
             opt_d.step()
             # generator, non-saturating: maximise log D(G(z))
             opt_g.zero_grad(set_to_none=True)
-            loss_g = F.softplus(-disc(fake)).mean()
+            loss_g = F.softplus(-disc(augment(fake))).mean()
             loss_g.backward()
             if clip:
                 nn.utils.clip_grad_norm_(gen.parameters(), clip)
             opt_g.step()
+            self._average(nets)
             for scheduler in schedulers.values():
                 scheduler.step()
             with torch.no_grad():
@@ -337,17 +365,17 @@ class GANTask(SampleQuality, Task):
         return (out + 1.0) / 2.0
 
     def evaluate(self, nets: Nets, dataset, device, autocast=None) -> dict[str, float]:
-        fake, _ = self.features()(self.samples(nets["generator"], self.spec.eval.samples))
+        fake, _ = self.features()(self.samples(self.sampler(nets), self.spec.eval.samples))
         real, _ = self.features()(dataset.tensors[0])
         return {"fid": gen_metrics.frechet_distance(real, fake)}
 
     def test_metrics(self, nets: Nets, data, device, autocast) -> dict[str, float]:
-        return self.sample_metrics(self.samples(nets["generator"], self.spec.eval.samples),
+        return self.sample_metrics(self.samples(self.sampler(nets), self.spec.eval.samples),
                                    data)
 
     def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
         if epoch % self.spec.eval.images_every_epochs == 0:
-            self.frames.append(_log_grid(ref, self.samples(nets["generator"], GRID),
+            self.frames.append(_log_grid(ref, self.samples(self.sampler(nets), GRID),
                                          "samples", step))
 
     def final_artifacts(self, nets: Nets, data, ref, device) -> None:
@@ -358,5 +386,5 @@ class GANTask(SampleQuality, Task):
                 gif = write_gif(self.frames, Path(tmp, "samples_over_training.gif"), fps=4)
                 tracking.log_artifact(ref, gif, "plots")
         self.log_nearest(ref)
-        gen = nets["generator"].cpu()
+        gen = self.sampler(nets).cpu()
         _save_best(ref, nets, self.spec, self.info, Sampler(gen, gen.noise_dim), _side(data))

@@ -39,6 +39,14 @@ class GANModel(Section):
                                 "layer (instead of batch norm)")
     discriminator_lr: float | None = Field(None, gt=0, description="the discriminator's "
                                            "learning rate (None: train.lr)")
+    ema_decay: float | None = Field(None, gt=0, lt=1, description="sample from an "
+                                    "exponential moving average of the generator's weights "
+                                    "with this decay per step (e.g. 0.999; None: the "
+                                    "generator itself)")
+    diff_augment: bool = Field(False, description="differentiable augmentation (Zhao et al. "
+                               "2020): every image the discriminator sees, real or generated, "
+                               "shifted by up to 1/8 of its side and with a random quarter "
+                               "cut out, in both networks' steps; for small datasets")
 
 
 class _Decoding(Section):

@@ -59,6 +59,9 @@ class Task:
 
     #: how images reach the task: "standardised" per channel, or "unit" pixels in [0, 1]
     pixels = "standardised"
+    #: networks that are a running average of another (name -> the network averaged): no
+    #: optimizer and no DDP wrapper, the task updates them itself
+    averaged: dict[str, str] = {}
 
     def __init__(self, spec, info=None):
         self.spec, self.info = spec, info

@@ -76,6 +76,8 @@ def _restore(saved: dict, nets, optimizers, schedulers, task) -> dict:
                  "best_model": {"model": saved["best_model"]}}
     for name, net in nets.items():
         net.load_state_dict(saved["nets"][name])
+        if name not in optimizers:  # a running average of another network
+            continue
         optimizers[name].load_state_dict(saved["optimizers"][name])
         schedulers[name].load_state_dict(saved["schedulers"][name])
         # The spec's learning rate wins over the saved one: a PBT trial restarts from another
@@ -148,7 +150,8 @@ def train_loop(config: dict[str, Any]) -> None:
         best_model = _restore(saved, nets, optimizers, schedulers, task)
         rng.set_state(saved["augment_rng"])
         state.update(saved["progress"])
-    nets = {name: ray.train.torch.prepare_model(net) for name, net in nets.items()}  # DDP
+    nets = {name: net.to(device) if name in task.averaged else ray.train.torch.prepare_model(net)
+            for name, net in nets.items()}  # DDP
     plain = {name: getattr(net, "module", net) for name, net in nets.items()}
     _tag_nodes(ctx, rank, world)
     logger = _rank0_logger(ctx, config.get("fit_id"), state["global_step"]) if rank == 0 \

@@ -203,7 +203,8 @@ def test_a_users_mnist_idx_folder_trains_a_generative_model_at_its_own_size(tmp_
     spec = SupervisedJob.model_validate({
         "name": "g", "kind": "supervised",
         "model": {"arch": arch, **({"widths": [8, 16]} if arch == "vae" else
-                                   {"generator_widths": [16, 8], "discriminator_widths": [8, 16]})},
+                                   {"generator_widths": [16, 8], "discriminator_widths": [8, 16],
+                                    "ema_decay": 0.9, "diff_augment": True})},
         "data": {"name": "mnist_idx", "path": str(make_mnist(tmp_path / "mnist", 200, 20))},
         "train": {"batch_size": 8}, "eval": {"samples": 100}})
     data = load_dataset(spec.data, 0, make_task(spec).pixels)
@@ -212,6 +213,8 @@ def test_a_users_mnist_idx_folder_trains_a_generative_model_at_its_own_size(tmp_
     images = data.train.tensors[0]
     assert images.shape[1:] == (1, 28, 28) and 0 <= images.min() and images.max() <= 1
     nets = task.build(data.val.tensors[0][:2])
+    first = nets["generator" if "generator" in nets else "model"]
+    start = {k: v.clone() for k, v in first.state_dict().items()}
     optimizers = task.optimizers(nets)
     schedulers = {k: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0)
                   for k, o in optimizers.items()}
@@ -222,3 +225,37 @@ def test_a_users_mnist_idx_folder_trains_a_generative_model_at_its_own_size(tmp_
     assert stats["steps"] == len(loader) and all(np.isfinite(v) for v in stats.values())
     if arch == "vae":
         assert task.evaluate(nets, data.val, torch.device("cpu"))["elbo"] < 0
+    else:  # the averaged generator moved from where it started, but lags the generator
+        ema, gen = nets["generator_ema"].state_dict(), nets["generator"].state_dict()
+        assert set(optimizers) == {"generator", "discriminator"}
+        for name, value in ema.items():
+            if value.is_floating_point() and "running" not in name:
+                assert not torch.equal(value, start[name]) and not torch.equal(value, gen[name])
+        # a checkpoint of every network restores the averaged one too (it has no optimizer)
+        from trainyard.supervised.train_loop import _restore
+
+        fresh = task.build(data.val.tensors[0][:2])
+        opts = task.optimizers(fresh)
+        saved = {"nets": {k: n.state_dict() for k, n in nets.items()},
+                 "optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                 "schedulers": {k: s.state_dict() for k, s in schedulers.items()},
+                 "best_model": None}
+        _restore(saved, fresh, opts, {k: torch.optim.lr_scheduler.LambdaLR(o, lambda _: 1.0)
+                                      for k, o in opts.items()}, task)
+        assert all(torch.equal(v, fresh["generator_ema"].state_dict()[k]) for k, v in ema.items())
+
+
+def test_diff_augment_shifts_by_at_most_an_eighth_and_cuts_a_quarter_to_background():
+    from trainyard.supervised.generative import diff_augment
+
+    x = torch.full((64, 1, 8, 8), -1.0)
+    x[:, :, 4, 4] = 1.0  # one lit pixel in the middle
+    x.requires_grad_(True)
+    out = diff_augment(x, torch.Generator().manual_seed(0))
+    lit = (out[:, 0] == 1.0).nonzero()
+    # wherever the pixel survived the cutout it moved by at most one pixel each way
+    assert len(lit) > 16 and ((lit[:, 1:] - 4).abs() <= 1).all()
+    assert len(set(map(tuple, lit[:, 1:].tolist()))) > 3  # and the shifts differ per image
+    assert ((out == -1.0).flatten(1).sum(1) >= 16 - 1).all()  # a 4x4 quarter at least
+    out.sum().backward()  # the generator learns through it
+    assert x.grad.abs().sum() > 0
