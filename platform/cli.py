@@ -7,6 +7,7 @@
     trainyard eval RUN_ID [--episodes N] [--epsilon E] [--video [GIF]] [--opponent NAME]
                          [--search-depth N]
     trainyard play RUN_ID [--second]
+    trainyard translate RUN_ID TEXT [--beam N] | sample RUN_ID [--n 64] [--out grid.png]
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
     trainyard jobs | logs JOB_ID [--follow] | stop JOB_ID   [--address ...]
     trainyard ui [--port 5000]
@@ -166,19 +167,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
                   args.allow_local_storage)
 
 
-def _follow(jobs, job_id: str) -> int:
-    import asyncio
-
-    async def stream() -> None:
-        async for chunk in jobs.tail_job_logs(job_id):
-            print(chunk, end="", flush=True)
-
-    asyncio.run(stream())
-    status = str(jobs.get_job_status(job_id)).split(".")[-1]
-    print(f"\njob {job_id}: {status}")
-    return 0 if status == "SUCCEEDED" else 1
-
-
 def _cmd_submit(args: argparse.Namespace) -> int:
     from trainyard import submit
 
@@ -195,7 +183,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     print(f"submitted {loaded.spec.name} as Ray job {job_id} to {address}\n"
           f"  follow it:  trainyard logs {job_id} --follow --address {address}\n"
           f"  stop it:    trainyard stop {job_id} --address {address}")
-    return _follow(jobs, job_id) if args.follow else 0
+    return submit.follow(jobs, job_id) if args.follow else 0
 
 
 def _cmd_jobs(args: argparse.Namespace) -> int:
@@ -215,7 +203,7 @@ def _cmd_logs(args: argparse.Namespace) -> int:
 
     jobs = submit.client(args.address)
     if args.follow:
-        return _follow(jobs, args.job_id)
+        return submit.follow(jobs, args.job_id)
     print(submit.about_job(args.job_id, jobs.get_job_logs), end="")
     return 0
 
@@ -285,19 +273,47 @@ def _cmd_play(args: argparse.Namespace) -> int:
     return 0
 
 
+def _use_model(args: argparse.Namespace, hook: str, purpose: str, call):
+    """A trained run's model through its workload's `hook` (translate, sample): (what
+    `call(function, spec, ref)` gives, 0), or (None, exit code) after one line for the user."""
+    try:
+        loaded, ref, _ = _read_run(args, "read")
+    except ValueError as err:
+        return None, _fail(str(err), BAD_INPUT)
+    function = getattr(get_workload(loaded.spec.kind), hook)
+    if function is None:
+        return None, _fail(f"run {args.run_id} is a {loaded.spec.kind} job: trainyard {hook} "
+                           f"is for {purpose}", BAD_INPUT)
+    try:
+        return call(function, loaded.spec, ref), 0
+    except ValueError as err:
+        return None, _fail(f"run {args.run_id}: {err}", BAD_INPUT)
+
+
 def _cmd_translate(args: argparse.Namespace) -> int:
-    try:
-        loaded, ref, info = _read_run(args, "read")
-    except ValueError as err:
-        return _fail(str(err), BAD_INPUT)
-    translate = get_workload(loaded.spec.kind).translate
-    if translate is None:
-        return _fail(f"run {args.run_id} is a {loaded.spec.kind} job: trainyard translate is "
-                     "for sequence-to-sequence runs", BAD_INPUT)
-    try:
-        print(translate(loaded.spec, ref, args.text, args.beam))
-    except ValueError as err:
-        return _fail(f"run {args.run_id}: {err}", BAD_INPUT)
+    text, code = _use_model(args, "translate", "sequence-to-sequence runs",
+                            lambda translate, spec, ref: translate(spec, ref, args.text,
+                                                                   args.beam))
+    if text is not None:
+        print(text)
+    return code
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    if args.n < 1:
+        return _fail("--n must be at least 1", BAD_INPUT)
+    images, code = _use_model(args, "sample", "generative runs (model.arch vae or dcgan)",
+                              lambda sample, spec, ref: sample(spec, ref, args.n, args.seed))
+    if images is None:
+        return code
+    from PIL import Image
+
+    from trainyard.media import grid
+
+    picture = grid(images.numpy(), max(1, round(args.n ** 0.5)), max(1, 32 // images.shape[-1]))
+    out = args.out or f"samples-{args.run_id[:8]}.png"
+    Image.fromarray(picture).save(out)
+    print(f"{args.n} samples of run {args.run_id}: {out}")
     return 0
 
 
@@ -329,6 +345,7 @@ COMMANDS["sweep"] = _cmd_sweep
 COMMANDS["eval"] = _cmd_eval
 COMMANDS["play"] = _cmd_play
 COMMANDS["translate"] = _cmd_translate
+COMMANDS["sample"] = _cmd_sample
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,6 +119,14 @@ def parser() -> argparse.ArgumentParser:
                    help="beam search width (default: the job's model.beam_size; 1: greedy)")
     p.add_argument("--tracking-uri", default=None)
 
+    p = sub.add_parser("sample", help="new images from a generative run's best generator or "
+                       "decoder, as one PNG grid")
+    p.add_argument("run_id")
+    p.add_argument("--n", type=int, default=64, help="images to draw (default 64)")
+    p.add_argument("--out", default=None, help="PNG to write (default: samples-<run>.png)")
+    p.add_argument("--seed", type=int, default=0, help="the noise's seed")
+    p.add_argument("--tracking-uri", default=None)
+
     p = sub.add_parser("ui", help="open the MLflow UI on this store (127.0.0.1)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--host", default="127.0.0.1",

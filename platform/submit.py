@@ -187,3 +187,17 @@ def submit(loaded: LoadedSpec, address: str | None, code: list[Path] | None = No
                 if "No available agent" not in str(err) or time.monotonic() > deadline:
                     raise
                 time.sleep(2)
+
+
+def follow(jobs, job_id: str) -> int:
+    """Print a cluster job's logs as they come; its exit code: 0 once it succeeded."""
+    import asyncio
+
+    async def stream() -> None:
+        async for chunk in jobs.tail_job_logs(job_id):
+            print(chunk, end="", flush=True)
+
+    asyncio.run(stream())
+    status = str(jobs.get_job_status(job_id)).split(".")[-1]
+    print(f"\njob {job_id}: {status}")
+    return 0 if status == "SUCCEEDED" else 1

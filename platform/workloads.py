@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from trainyard.runs import RunContext
@@ -62,6 +62,9 @@ class Workload:
     #: `trainyard translate RUN_ID TEXT`: fn(spec, run_ref, text, beam or None) -> the
     #: model's output (ValueError: one line for the user); None when the kind has none
     translate: Callable[..., str] | None = None
+    #: `trainyard sample RUN_ID`: fn(spec, run_ref, count, seed) -> (N, C, H, W) images in
+    #: [0, 1] (ValueError: one line for the user); None when the kind has none
+    sample: Callable[..., Any] | None = None
     #: the headline metric of one job when it depends on the job (fn(spec) -> metric name),
     #: e.g. a supervised VAE's val/elbo; None: `headline_metric` for every job of the kind
     headline: Callable[["JobBase"], str] | None = None

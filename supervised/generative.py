@@ -164,3 +164,34 @@ def diff_augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     cut = ((in_rows >= 0) & (in_rows < h // 2))[:, :, None] & \
         ((in_cols >= 0) & (in_cols < w // 2))[:, None, :]
     return torch.where(cut[:, None], torch.full_like(out, -1.0), out)
+
+
+def draw(run_dir, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` new images in [0, 1] from a saved generative run (run_dir: its downloaded
+    best_model folder): the DCGAN's averaged generator where it kept one, else its generator;
+    the VAE's decoder (pixel means) on prior noise."""
+    import json
+    from pathlib import Path
+
+    from pydantic import TypeAdapter
+
+    from trainyard.checkpoints import load_state
+    from trainyard.supervised.spec import ModelSection
+
+    info = json.loads((Path(run_dir) / "info.json").read_text())
+    if info.get("task") not in ("vae", "gan"):
+        raise ValueError(f"not a generative run (its task is {info.get('task')!r}): trainyard "
+                         "sample is for model.arch vae and dcgan")
+    model = TypeAdapter(ModelSection).validate_python(info["model"])
+    channels, side, state = info["in_channels"], info["image_side"], load_state(run_dir)
+    noise = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if info["task"] == "vae":
+            vae = ConvVAE(channels, side, list(model.widths), model.latent_dim)
+            vae.load_state_dict(state["model"])
+            z = torch.randn(count, model.latent_dim, generator=noise)
+            return torch.sigmoid(vae.eval().decode(z))
+        gen = Generator(channels, side, list(model.generator_widths), model.noise_dim)
+        gen.load_state_dict(state.get("generator_ema", state["generator"]))
+        z = torch.randn(count, model.noise_dim, generator=noise)
+        return (gen.eval()(z) + 1.0) / 2.0

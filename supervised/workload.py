@@ -43,8 +43,28 @@ def _translate(spec: SupervisedJob, ref, text: str, beam: int | None) -> str:
         return translate(Path(folder), text, beam or spec.model.beam_size)
 
 
+def _sample(spec: SupervisedJob, ref, count: int, seed: int):
+    import tempfile
+
+    from trainyard import tracking
+
+    if spec.task not in ("vae", "gan"):
+        raise ValueError(f"a {spec.task} model draws no images; trainyard sample is for "
+                         "generative runs (model.arch vae or dcgan)")
+    from trainyard.supervised.generative import draw
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            folder = tracking.download(ref, "best_model", tmp)
+        except Exception:  # MLflow's own exception types: the run has not saved one yet
+            raise ValueError("no best_model artifact yet (it is saved when training "
+                             "ends)") from None
+        return draw(folder, count, seed)
+
+
 WORKLOAD = Workload(kind="supervised", spec_model=SupervisedJob, train=_train,
                     headline_metric="val/accuracy", headline=_headline, translate=_translate,
+                    sample=_sample,
                     run_tags=_run_tags, step_axis="optimizer steps",
                     preload=("torch", "trainyard.supervised.trainer",
                              "trainyard.supervised.data"))

@@ -188,6 +188,13 @@ def test_a_dcgan_trains_two_ddp_networks_and_is_measured(workdir, ray_once):
     assert len(_images(client, run_id)["samples"]) == 4
     artifacts = {a.path for a in client.list_artifacts(run_id, "plots")}
     assert "plots/samples_over_training.gif" in artifacts
+    # new samples from the saved generator: a PNG grid of 16, each 8x8 digit drawn at 32x32
+    from PIL import Image
+
+    out = workdir / "grid.png"
+    assert main(["sample", run_id, "--n", "16", "--out", str(out)]) == 0
+    assert Image.open(out).size == (4 * 33 + 1, 4 * 33 + 1)
+    assert main(["sample", run_id, "--n", "0"]) == 2
 
 
 @pytest.mark.parametrize("arch", ["vae", "dcgan"])
@@ -259,3 +266,31 @@ def test_diff_augment_shifts_by_at_most_an_eighth_and_cuts_a_quarter_to_backgrou
     assert ((out == -1.0).flatten(1).sum(1) >= 16 - 1).all()  # a 4x4 quarter at least
     out.sum().backward()  # the generator learns through it
     assert x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("arch", ["vae", "dcgan"])
+def test_samples_are_drawn_from_the_saved_decoder_or_averaged_generator(tmp_path, arch):
+    from trainyard.checkpoints import save_state
+    from trainyard.supervised.generative import Generator, draw
+
+    spec = SupervisedJob.model_validate(_spec(arch=arch, **(
+        {"widths": [8, 16], "latent_dim": 3} if arch == "vae" else
+        {"generator_widths": [16, 8], "discriminator_widths": [8, 16], "noise_dim": 5})))
+    torch.manual_seed(0)
+    if arch == "vae":
+        state = {"model": ConvVAE(1, 8, [8, 16], 3).state_dict()}
+    else:  # the averaged generator is the one that draws
+        state = {"generator": Generator(1, 8, [16, 8], 5).state_dict(),
+                 "generator_ema": Generator(1, 8, [16, 8], 5).state_dict()}
+    save_state(tmp_path, state)
+    (tmp_path / "info.json").write_text(json.dumps({
+        "model": spec.model.model_dump(mode="json"), "task": spec.task, "in_channels": 1,
+        "image_side": 8}))
+    images = draw(tmp_path, 6, seed=1)
+    assert images.shape == (6, 1, 8, 8) and 0 <= images.min() and images.max() <= 1
+    assert torch.equal(images, draw(tmp_path, 6, seed=1))  # the seed decides the noise
+    if arch == "dcgan":
+        ema = Generator(1, 8, [16, 8], 5)
+        ema.load_state_dict(state["generator_ema"])
+        z = torch.randn(6, 5, generator=torch.Generator().manual_seed(1))
+        assert torch.allclose(images, (ema.eval()(z) + 1) / 2)
