@@ -17,6 +17,7 @@ def test_the_shipped_config_solves_cartpole_within_its_step_budget(workdir, stor
     client, runs = runs_of(store_uri, "cartpole")
     run = runs[0]
     assert run.data.tags["trainyard.dqn_step"] == "lean"
+    assert int(run.data.tags["trainyard.torch_threads"]) >= 1
     assert run.data.tags["trainyard.stop_reason"] == "eval/return_mean reached 475"
     evals = sorted(client.get_metric_history(run.info.run_id, "eval/return_mean"),
                    key=lambda m: m.step)
@@ -65,3 +66,24 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
              "discounts": torch.full((32,), 0.99)}
     LeanUpdate(learner, config)(batch, env_steps=32)
     assert any(not torch.equal(a, b) for a, b in zip(group["params"], before, strict=True))
+
+
+def test_a_job_given_fewer_cores_computes_with_that_many_threads(monkeypatch):
+    """Two runs side by side each took every core for torch and ran 7x slower, not 2x
+    (README "Running jobs side by side"): `resources.cpus` caps the driver's threads."""
+    import torch
+
+    from trainyard.agents.runner import _share_cores
+    from trainyard.agents.spec import RLJob
+
+    threads = torch.get_num_threads()
+    monkeypatch.setattr("os.cpu_count", lambda: 4)
+    try:
+        _share_cores(RLJob.model_validate({"name": "x", "kind": "rl",
+                                           "agent": {"env": "CartPole-v1"}}))
+        assert torch.get_num_threads() == threads  # not asked: torch's own default
+        _share_cores(RLJob.model_validate({"name": "x", "kind": "rl", "resources": {"cpus": 1},
+                                           "agent": {"env": "CartPole-v1"}}))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
