@@ -38,9 +38,7 @@ PRELOAD = ("mlflow.store.tracking.sqlalchemy_store",)
 _READY: set[str] = set()  # sqlite stores this process has opened (their schema exists)
 
 
-def _quiet_mlflow() -> None:
-    """MLflow announces its database migrations at INFO on every first use of a store. Its
-    import sets its logger's level, so ours is set after it."""
+def _quiet() -> None:  # MLflow logs its store migrations at INFO; its import sets the level
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
@@ -51,13 +49,11 @@ def _client(uri: str) -> MlflowClient:
     the database: MLflow creates a fresh store's tables with a schema migration, and processes
     that start on a fresh store at once (two runs, sweep trials) otherwise fail in it.
 
-    mlflow is imported here and in the functions below, never at the top: every Ray Train
-    controller and worker unpickles a RunRef and so imports this module, and mlflow's own
-    import (2.7 s of a core, with pandas and scipy) sat on each one's start-up.
+    mlflow is imported where it is used: every Ray Train process unpickles a RunRef, so
+    imports this module, and mlflow's import took 2.7 s of a core (pandas, scipy) in each.
     """
     from mlflow.tracking import MlflowClient
-
-    _quiet_mlflow()
+    _quiet()
     if uri.startswith("sqlite:///") and uri not in _READY:
         import fcntl
 
@@ -113,7 +109,6 @@ def _experiment_id(client: MlflowClient, name: str, uri: str) -> str:
     """The id of the named experiment, created if need be (another process may create it
     between our look and our create: then it is theirs we use)."""
     from mlflow.exceptions import MlflowException
-
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
@@ -130,7 +125,6 @@ def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
     """Create a run with its tags, params and the resolved job.yaml; return its reference."""
     from mlflow.entities import Param
-
     client = _client(uri)
     experiment_id = _experiment_id(client, experiment, uri)
     all_tags = {
@@ -204,16 +198,13 @@ def log_torch_model(ref: RunRef, model: Any, input_example: Any,
 def download(ref: RunRef, artifact_path: str, dst: str | Path) -> str:
     """Fetch an artifact of a run to `dst`; returns the local path."""
     import mlflow.artifacts
-
-    _quiet_mlflow()
-
+    _quiet()
     return mlflow.artifacts.download_artifacts(run_id=ref.run_id, artifact_path=artifact_path,
                                                dst_path=str(dst), tracking_uri=ref.uri)
 
 
 def set_tags(ref: RunRef, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
-
     client = _client(ref.uri)
     client.log_batch(ref.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
@@ -272,7 +263,6 @@ def _no_progress_bar():
 def run_info(ref: RunRef) -> dict[str, Any]:
     """What resume needs: the run's tags, status, and its resolved job.yaml text."""
     import mlflow.artifacts
-
     client = _client(ref.uri)
     run = client.get_run(ref.run_id)
     # one small file: MLflow's progress bar would be the only output of a one-line refusal
@@ -386,7 +376,6 @@ class RunLogger:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         points = [Metric(key, float(value), now, step) for key, value in metrics.items()
                   if step > self.skip_through.get(key, -1)]
