@@ -2,7 +2,7 @@
 run, from its latest checkpoint, with metric steps that never repeat or go backwards.
 
 RL runs are resumed in tests/test_multinode.py (a killed driver on a 3-node cluster) and
-self-play with its league in tests/agents/test_selfplay.py (the one tic-tac-toe run)."""
+self-play with its league in tests/agents/test_selfplay_league.py (the one tic-tac-toe run)."""
 
 from __future__ import annotations
 
