@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from pathlib import Path
+
 from trainyard.supervised.spec import SupervisedJob
 from trainyard.workloads import Workload
 
@@ -22,36 +25,13 @@ def _run_tags(spec: SupervisedJob) -> dict[str, str]:
             "headline": _headline(spec)}
 
 
-def _translate(spec: SupervisedJob, ref, text: str, beam: int | None) -> str:
-    import tempfile
-    from pathlib import Path
-
-    from trainyard import tracking
-
-    if spec.task != "seq2seq":
-        raise ValueError(f"a {spec.task} model does not translate; trainyard translate is for "
-                         "sequence-to-sequence runs (data.name dates or parallel_text)")
-    from trainyard.supervised.seq2seq_task import translate
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            folder = tracking.download(ref, "best_model", tmp)
-        except Exception:  # MLflow's own exception types: the run has not saved one yet
-            folder = None
-        if folder is None:
-            raise ValueError("no best_model artifact yet (it is saved when training ends)")
-        return translate(Path(folder), text, beam or spec.model.beam_size)
-
-
-def _sample(spec: SupervisedJob, ref, count: int, seed: int):
+@contextlib.contextmanager
+def _best_model(ref):
+    """The run's best_model artifact, downloaded to a folder that lasts the block; ValueError
+    (one line for the user) when the run has not saved one."""
     import tempfile
 
     from trainyard import tracking
-
-    if spec.task not in ("vae", "gan"):
-        raise ValueError(f"a {spec.task} model draws no images; trainyard sample is for "
-                         "generative runs (model.arch vae or dcgan)")
-    from trainyard.supervised.generative import draw
 
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -59,6 +39,26 @@ def _sample(spec: SupervisedJob, ref, count: int, seed: int):
         except Exception:  # MLflow's own exception types: the run has not saved one yet
             raise ValueError("no best_model artifact yet (it is saved when training "
                              "ends)") from None
+        yield Path(folder)
+
+
+def _translate(spec: SupervisedJob, ref, text: str, beam: int | None) -> str:
+    if spec.task != "seq2seq":
+        raise ValueError(f"a {spec.task} model does not translate; trainyard translate is for "
+                         "sequence-to-sequence runs (data.name dates or parallel_text)")
+    from trainyard.supervised.seq2seq_task import translate
+
+    with _best_model(ref) as folder:
+        return translate(folder, text, beam or spec.model.beam_size)
+
+
+def _sample(spec: SupervisedJob, ref, count: int, seed: int):
+    if spec.task not in ("vae", "gan"):
+        raise ValueError(f"a {spec.task} model draws no images; trainyard sample is for "
+                         "generative runs (model.arch vae or dcgan)")
+    from trainyard.supervised.generative import draw
+
+    with _best_model(ref) as folder:
         return draw(folder, count, seed)
 
 
