@@ -22,6 +22,7 @@ from trainyard.supervised.generative import (
     ConvVAE,
     Discriminator,
     Generator,
+    Sampler,  # here too: MLflow models logged before it moved unpickle it from this module
     bernoulli_log_prob,
     diff_augment,
     importance_weighted_bound,
@@ -59,19 +60,6 @@ def _save_best(ref, nets: Nets, spec, info, sampler: nn.Module, side: int) -> No
         noise = torch.randn(2, sampler.noise_dim)
         tracking.log_torch_model(ref, sampler.cpu().eval(), noise.numpy(),
                                  spec.output.register_as)
-
-
-class Sampler(nn.Module):
-    """Noise -> pixels in [0, 1]: what a user loads from MLflow to draw new images."""
-
-    def __init__(self, net: nn.Module, noise_dim: int):
-        super().__init__()
-        self.net, self.noise_dim = net, noise_dim
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        if isinstance(self.net, ConvVAE):
-            return torch.sigmoid(self.net.decode(z))
-        return (self.net(z) + 1.0) / 2.0
 
 
 class SampleQuality:

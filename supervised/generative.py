@@ -143,6 +143,20 @@ class Discriminator(nn.Module):
         return self.head(self.net(x)).squeeze(-1)
 
 
+class Sampler(nn.Module):
+    """Noise -> pixels in [0, 1]: what a user loads from MLflow (or `trainyard sample` builds)
+    to draw new images, from a VAE's decoder or a GAN's generator."""
+
+    def __init__(self, net: nn.Module, noise_dim: int):
+        super().__init__()
+        self.net, self.noise_dim = net, noise_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if isinstance(self.net, ConvVAE):
+            return torch.sigmoid(self.net.decode(z))
+        return (self.net(z) + 1.0) / 2.0
+
+
 def diff_augment(x: torch.Tensor, rng: torch.Generator) -> torch.Tensor:
     """DiffAugment's translation and cutout (Zhao et al. 2020) for images in [-1, 1] whose
     background is -1 (the digits): each image shifted by up to 1/8 of its side, the uncovered
@@ -184,14 +198,14 @@ def draw(run_dir, count: int, seed: int = 0) -> torch.Tensor:
                          "sample is for model.arch vae and dcgan")
     model = TypeAdapter(ModelSection).validate_python(info["model"])
     channels, side, state = info["in_channels"], info["image_side"], load_state(run_dir)
-    noise = torch.Generator().manual_seed(seed)
+    if info["task"] == "vae":
+        net, noise_dim = ConvVAE(channels, side, list(model.widths), model.latent_dim), \
+            model.latent_dim
+        net.load_state_dict(state["model"])
+    else:
+        net = Generator(channels, side, list(model.generator_widths), model.noise_dim)
+        net.load_state_dict(state.get("generator_ema", state["generator"]))
+        noise_dim = model.noise_dim
+    z = torch.randn(count, noise_dim, generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        if info["task"] == "vae":
-            vae = ConvVAE(channels, side, list(model.widths), model.latent_dim)
-            vae.load_state_dict(state["model"])
-            z = torch.randn(count, model.latent_dim, generator=noise)
-            return torch.sigmoid(vae.eval().decode(z))
-        gen = Generator(channels, side, list(model.generator_widths), model.noise_dim)
-        gen.load_state_dict(state.get("generator_ema", state["generator"]))
-        z = torch.randn(count, model.noise_dim, generator=noise)
-        return (gen.eval()(z) + 1.0) / 2.0
+        return Sampler(net, noise_dim).eval()(z)
