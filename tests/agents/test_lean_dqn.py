@@ -304,3 +304,39 @@ def test_async_sampling_without_remote_runners_is_refused(workdir):
     with pytest.raises(SpecError, match="uniform replay"):
         load_spec(CARTPOLE, ["agent.async_sampling=true", "resources.env_runners=1",
                              "agent.prioritized_replay=true"])
+
+
+def test_the_drivers_runner_reports_its_metrics_in_a_few_merges_and_loses_no_step(ray_once):
+    """With the runner in the driver, its metrics are merged every ~256 env steps and at the
+    iteration's end instead of after every 4-step chunk, and nothing is lost or shifted: each
+    iteration still ends at its 1,000 env steps, the merged step count is the runner's own,
+    the replay ratio is the configured one and finished episodes are reported."""
+    from ray.tune.registry import register_env
+
+    from conftest import CARTPOLE
+    from trainyard.agents.env_factory import make_env_creator
+    from trainyard.agents.rl_config import build_config
+    from trainyard.loader import load_spec
+
+    spec = load_spec(CARTPOLE, ["agent.training_intensity=8", "agent.learning_starts=500",
+                                "agent.prioritized_replay=false"]).spec
+    register_env(spec.agent.env, make_env_creator(spec.agent))
+    algo = build_config(spec, 0).build_algo()
+    try:
+        runner, merges = algo.env_runner, []
+        get_metrics = runner.get_metrics
+        runner.get_metrics = lambda: merges.append(1) or get_metrics()
+        chunk = spec.agent.rollout_fragment_length
+        lifetimes = []
+        for _ in range(3):
+            result = algo.train()
+            lifetimes.append(result["env_runners"]["num_env_steps_sampled_lifetime"])
+        grown = [b - a for a, b in zip([0, *lifetimes[:-1]], lifetimes, strict=True)]
+        assert all(1000 <= n < 1000 + chunk for n in grown), grown
+        assert lifetimes[-1] == runner.num_env_steps_sampled_lifetime
+        assert 3 <= len(merges) <= 3 * (1000 // 256 + 2)  # was one per chunk: 750
+        learner = result["learners"]["default_policy"]
+        assert learner["replay_ratio"] == pytest.approx(8.0, rel=0.02)
+        assert np.isfinite(result["env_runners"]["episode_return_mean"])
+    finally:
+        algo.stop()
