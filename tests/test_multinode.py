@@ -211,7 +211,7 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
     is killed and `trainyard resume` finishes the run."""
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     env = _env(uri)
-    overrides = ["resources.env_runners=2", "stop.env_steps=12k", "agent.training_intensity=16",
+    overrides = ["resources.env_runners=2", "stop.env_steps=8k", "agent.training_intensity=16",
                  "checkpoint.every_iterations=1", "tracking.experiment=multinode-rl",
                  "tracking.system_metrics=false", "evaluation.every_iterations=100",
                  "fault_tolerance.restart_delay_s=0"]
@@ -247,7 +247,7 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
         driver.wait()
     before = _steps(client, run_id, "train/iteration")
     killed_after = len(before)
-    assert killed_after < 12, "the run ended before its driver could be killed"
+    assert killed_after < 8, "the run ended before its driver could be killed"
 
     resumed = subprocess.run([str(BIN / "trainyard"), "resume", run_id, "--address",
                               cluster.address, "--allow-local-storage"], env=env, cwd=workdir,
@@ -256,7 +256,7 @@ def test_rl_runners_on_worker_nodes_survive_a_lost_node_and_a_killed_driver(clus
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     steps = _steps(client, run_id, "train/iteration")
-    assert steps == sorted(set(steps)) and steps[-1] >= 12_000, steps
+    assert steps == sorted(set(steps)) and steps[-1] >= 8_000, steps
     assert steps[:killed_after] == before  # what the killed driver logged stays as it was
     iterations = [m.value for m in sorted(client.get_metric_history(run_id, "train/iteration"),
                                           key=lambda m: m.step)]

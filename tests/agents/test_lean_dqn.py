@@ -283,7 +283,7 @@ def test_async_sampling_holds_the_replay_ratio_and_learns(workdir, store_uri):
 
     assert main(["run", str(CARTPOLE), "-o", "resources.env_runners=1",
                  "-o", "agent.async_sampling=true", "-o", "agent.prioritized_replay=false",
-                 "-o", "agent.training_intensity=8", "-o", "stop.env_steps=12k",
+                 "-o", "agent.training_intensity=8", "-o", "stop.env_steps=8k",
                  "-o", "evaluation.every_iterations=1000", "-o", "evaluation.video=false",
                  "-o", "tracking.system_metrics=false"]) == 0
     client, runs = runs_of(store_uri, "cartpole")
