@@ -27,6 +27,7 @@ and with --runners a second line, grown after each remote-runner pairing (sync w
 runner, then async sampling with each count).
 
 Run: .venv/bin/python tests/benchmarks/bench_dqn.py [--seconds 40] [--quick] [--runners 1,2,4]
+     [--cartpole: only the CartPole pairings]
 """
 
 from __future__ import annotations
@@ -269,6 +270,8 @@ def main() -> None:
                         help="seconds of turns each side gets per pairing")
     parser.add_argument("--window", type=float, default=2.0, help="seconds per turn")
     parser.add_argument("--quick", action="store_true", help="no lever pairings")
+    parser.add_argument("--cartpole", action="store_true",
+                        help="only the CartPole pairings (one env, then 4)")
     parser.add_argument("--runners", type=lambda v: [int(n) for n in v.split(",")], default=[],
                         help="also pair remote-runner runs: sync with 1 runner, then async "
                         "sampling with each of these counts (e.g. 1,2,4)")
@@ -284,7 +287,6 @@ def main() -> None:
             trainyard(counter, game, dict(p.split("=", 1) for p in pairs))
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    raw, ours = sampling(args.seconds / 2, args.window)
 
     def pair(game: str, overrides: dict) -> tuple[float, float]:
         plain = Child("single", game)
@@ -296,6 +298,31 @@ def main() -> None:
             plain.close()
             ty.close()
 
+    line = "dqn:"
+    if not args.cartpole:
+        line = pong(args, pair)
+    cart, cart_plain = pair("cartpole", CARTPOLE)
+    line += ("" if args.cartpole else " |") + (
+        f" cartpole training {cart / cart_plain:.2f}x single-file with one env, as it "
+        f"has ({cart:,.0f} vs {cart_plain:,.0f}/s)")
+    # RLlib's per-step costs are per vector step: 4 CartPoles a step, as Pong's 4 games
+    cart, cart_plain = pair("cartpole", {**CARTPOLE, "resources.envs_per_env_runner": 4})
+    line += f", {cart / cart_plain:.2f}x with 4 envs ({cart:,.0f} vs {cart_plain:,.0f}/s)"
+    print(line, flush=True)
+    if args.runners:
+        runs = []
+        for label, change in [("sync 1 runner", {"resources.env_runners": 1})] + [
+                (f"async {n}", {"resources.env_runners": n, "agent.async_sampling": "true"})
+                for n in args.runners]:
+            ours, theirs = pair("pong", {**PONG, **change})
+            runs.append(f"{label} {ours / theirs:.2f}x ({ours:,.0f}/s)")
+            print("dqn: pong training with remote runners against single-file: "
+                  + ", ".join(runs), flush=True)
+
+
+def pong(args, pair) -> str:
+    """The Pong figures: sampling against raw ALE, update times, training and its levers."""
+    raw, ours = sampling(args.seconds / 2, args.window)
     ms = update_times()
     ty, plain = pair("pong", PONG)
     line = (f"dqn: pong sampling {ours / raw:.2f}x raw ALE ({ours:,.0f} vs {raw:,.0f}/s) | "
@@ -310,22 +337,7 @@ def main() -> None:
                 lever, lever_plain = pair("pong", {**PONG, **change})
                 levers.append(f"{name} {lever / lever_plain:.2f}x")
         line += " | training with one lever changed: " + ", ".join(levers)
-    cart, cart_plain = pair("cartpole", CARTPOLE)
-    line += (f" | cartpole training {cart / cart_plain:.2f}x single-file with one env, as it "
-             f"has ({cart:,.0f} vs {cart_plain:,.0f}/s)")
-    # RLlib's per-step costs are per vector step: 4 CartPoles a step, as Pong's 4 games
-    cart, cart_plain = pair("cartpole", {**CARTPOLE, "resources.envs_per_env_runner": 4})
-    line += f", {cart / cart_plain:.2f}x with 4 envs ({cart:,.0f} vs {cart_plain:,.0f}/s)"
-    print(line, flush=True)
-    if args.runners:
-        runs = []
-        for label, change in [("sync 1 runner", {"resources.env_runners": 1})] + [
-                (f"async {n}", {"resources.env_runners": n, "agent.async_sampling": "true"})
-                for n in args.runners]:
-            ours, theirs = pair("pong", {**PONG, **change})
-            runs.append(f"{label} {ours / theirs:.2f}x ({ours:,.0f}/s)")
-            print("dqn: pong training with remote runners against single-file: "
-                  + ", ".join(runs), flush=True)
+    return line
 
 
 if __name__ == "__main__":
