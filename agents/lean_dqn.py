@@ -58,6 +58,9 @@ from ray.rllib.utils.metrics import (
 from trainyard.agents import rllib_private
 from trainyard.agents.learner import bf16_autocast
 
+# env steps the driver's runner may sample between two merges of its metrics (see above)
+MERGE_EVERY_STEPS = 256
+
 
 def dqn_loss(q: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.Tensor | None,
              actions: torch.Tensor, rewards: torch.Tensor, discounts: torch.Tensor,
@@ -188,7 +191,7 @@ class LeanDQN(DQN):
         self._unmerged_steps += sum(len(e) for e in episodes)
         steps = self._merged_steps() + self._unmerged_steps
         due = self.config.min_sample_timesteps_per_iteration or 0
-        if self._unmerged_steps < 256 and steps - self._iteration_began < due:
+        if self._unmerged_steps < MERGE_EVERY_STEPS and steps - self._iteration_began < due:
             return episodes, []
         self._unmerged_steps = 0
         return episodes, [runner.get_metrics()]

@@ -13,7 +13,7 @@ import torch
 
 from trainyard.agents.atari import stack_indices
 from trainyard.agents.frame_replay import FrameReplay
-from trainyard.agents.lean_dqn import LeanUpdate, dqn_loss
+from trainyard.agents.lean_dqn import MERGE_EVERY_STEPS, LeanUpdate, dqn_loss
 
 SPACE = gym.spaces.Box(0, 255, (84, 84), np.uint8)
 
@@ -334,7 +334,7 @@ def test_the_drivers_runner_reports_its_metrics_in_a_few_merges_and_loses_no_ste
         grown = [b - a for a, b in zip([0, *lifetimes[:-1]], lifetimes, strict=True)]
         assert all(1000 <= n < 1000 + chunk for n in grown), grown
         assert lifetimes[-1] == runner.num_env_steps_sampled_lifetime
-        assert 3 <= len(merges) <= 3 * (1000 // 256 + 2)  # was one per chunk: 750
+        assert 3 <= len(merges) <= 3 * (1000 // MERGE_EVERY_STEPS + 2)  # was one per chunk: 750
         learner = result["learners"]["default_policy"]
         assert learner["replay_ratio"] == pytest.approx(8.0, rel=0.02)
         assert np.isfinite(result["env_runners"]["episode_return_mean"])
