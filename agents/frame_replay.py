@@ -148,11 +148,11 @@ class FrameReplay:
         widths = high - low
         total, offsets = widths.sum(), np.cumsum(widths) - widths
         lanes, starts, found = [], [], 0
-        for _ in range(100):
-            draw = self.rng.integers(max(total, 1), size=2 * batch_size)
+        for _ in range(100 if total else 0):
+            draw = self.rng.integers(total, size=2 * batch_size)
             lane = np.searchsorted(offsets + widths, draw, side="right")
             absolute = low[lane] + draw - offsets[lane]
-            ok = self._complete(lane, absolute) if total else np.zeros(len(draw), bool)
+            ok = self._complete(lane, absolute)
             lanes.append(lane[ok])
             starts.append(absolute[ok])
             found += int(ok.sum())

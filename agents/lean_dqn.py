@@ -72,16 +72,20 @@ def dqn_loss(q: torch.Tensor, next_q_target: torch.Tensor, next_q_online: torch.
     next_q_online  [B, A] online Q-values of those (double Q picks the action with them),
                    or None: plain Q-learning takes the target network's own max
     rewards        [B] n-step discounted rewards; discounts [B]: gamma^n, 0 after a terminal
+    value_bound    bootstrapped values are clipped to [-value_bound, value_bound] (games)
 
     Returns the loss (Huber, mean over the batch), |TD error| per transition and Q(s, a).
     """
     chosen = q.gather(1, actions[:, None]).squeeze(1)
     with torch.no_grad():
-        if value_bound:
-            next_q_target = next_q_target.clamp(-value_bound, value_bound)
         picker = next_q_target if next_q_online is None else next_q_online
         best = picker.argmax(1, keepdim=True)
-        target = rewards + discounts * next_q_target.gather(1, best).squeeze(1)
+        # -inf where moves are masked (self-play): a finished board has no legal move left
+        # (its discount is 0), and RLlib's targets read -inf as 0 too
+        next_value = next_q_target.gather(1, best).squeeze(1).nan_to_num(neginf=0.0)
+        if value_bound:  # (the bound of the max is the max of the bounded values)
+            next_value = next_value.clamp(-value_bound, value_bound)
+        target = rewards + discounts * next_value
     loss = F.huber_loss(chosen, target)
     return loss, (chosen - target).abs().detach(), chosen.detach()
 
@@ -155,6 +159,7 @@ class LeanDQN(DQN):
         # min_sample_timesteps_per_iteration)
         self._unmerged_steps = 0
         self._iteration_seen, self._iteration_began = -1, 0
+        self._module_id = DEFAULT_MODULE_ID  # the module that learns
 
     def _sample(self):
         """Episodes sampled since the last call, and the runners' metrics: synchronously (all
@@ -202,20 +207,23 @@ class LeanDQN(DQN):
             episodes, results = self._sample()
         if results:
             self.metrics.aggregate(results, key=ENV_RUNNER_RESULTS)
+        sampled = sum(len(e) for e in episodes)
         with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
-            self.local_replay_buffer.add(episodes)
+            self.local_replay_buffer.add(self._replayed(episodes))
         lifetime = self._merged_steps() + self._unmerged_steps
         if lifetime < config.num_steps_sampled_before_learning_starts:
             return
-        sampled = sum(len(e) for e in episodes)
+        if not len(self.local_replay_buffer):  # resumed (the replay is not checkpointed) and
+            return  # no game has ended since: self-play stores games when they end
         self._learning_steps += sampled
         self._owed += sampled * self._updates_per_step
         if self._lean is None:
-            self._lean = LeanUpdate(rllib_private.local_learner(self), config)
+            self._lean = LeanUpdate(rllib_private.local_learner(self), config, self._module_id)
         last = None
         while self._owed >= 1.0:
             with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
-                batch = self.local_replay_buffer.sample(config.total_train_batch_size)
+                batch = self._augmented(
+                    self.local_replay_buffer.sample(config.total_train_batch_size))
             with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
                 last = self._lean(batch, lifetime)
             self._owed -= 1.0
@@ -227,23 +235,36 @@ class LeanDQN(DQN):
             loss, td, chosen = last
             for key, value in ((QF_LOSS_KEY, loss.item()), (QF_MEAN_KEY, chosen.mean().item()),
                                (TD_ERROR_MEAN_KEY, td.mean().item())):
-                self.metrics.log_value((LEARNER_RESULTS, DEFAULT_MODULE_ID, key), value,
+                self.metrics.log_value((LEARNER_RESULTS, self._module_id, key), value,
                                        window=1)
-            self.metrics.log_value((LEARNER_RESULTS, DEFAULT_MODULE_ID, "num_updates"),
+            self.metrics.log_value((LEARNER_RESULTS, self._module_id, "num_updates"),
                                    self._updates, window=1)
             # transitions replayed per env step sampled since learning began: the
             # configured training_intensity, up to the updates still owed
             self.metrics.log_value(
-                (LEARNER_RESULTS, DEFAULT_MODULE_ID, "replay_ratio"),
+                (LEARNER_RESULTS, self._module_id, "replay_ratio"),
                 self._updates * config.total_train_batch_size / max(self._learning_steps, 1),
                 window=1)
+
+    # -- what a subclass for other episodes (self-play) changes ------------------------------
+    def _replayed(self, episodes) -> list:
+        """The sampled episodes (chunks) as the replay takes them."""
+        return episodes
+
+    def _augmented(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A replayed batch as the update sees it."""
+        return batch
+
+    def _acting_module(self):
+        """The driver's runner's acting copy of the module that learns."""
+        return self.env_runner.module
 
     def _sync_weights(self) -> None:
         self._unsynced = 0
         if self.config.num_env_runners == 0:  # the acting module is in this process
             if self._weights is None:
                 self._weights = rllib_private.WeightCopier(self._lean.module,
-                                                           self.env_runner.module)
+                                                           self._acting_module())
                 # syncing after every update: share the tensors instead (no copy at all)
                 self._shared = self._sync_every == 1 and self._weights.share()
             if not self._shared:

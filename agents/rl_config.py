@@ -155,16 +155,15 @@ def _atari(config, agent, lean: bool = False) -> None:
 
 
 def uses_lean_step(spec: "RLJob") -> bool:
-    """The lean DQN step (trainyard.agents.lean_dqn) runs feed-forward single-agent DQN with
-    uniform replay and the learner in the driver (Atari, MinAtar, classic control); the rest
-    (prioritized or sequence replay, self-play leagues, Doom's screen connectors, remote
-    learners) takes RLlib's own step."""
+    """The lean DQN step (trainyard.agents.lean_dqn) runs feed-forward DQN with uniform replay
+    and the learner in the driver (Atari, MinAtar, classic control, self-play leagues); the
+    rest (prioritized or sequence replay, Doom's screen connectors, remote learners) takes
+    RLlib's own step."""
     from trainyard.agents.doom import is_doom
 
     agent = spec.agent
     return (agent.lean_step and agent.recurrent is None and not agent.prioritized_replay
-            and spec.selfplay is None and not is_doom(agent.env)
-            and spec.resources.learners == 0)
+            and not is_doom(agent.env) and spec.resources.learners == 0)
 
 
 def _lean(config, spec: "RLJob") -> None:
@@ -173,7 +172,13 @@ def _lean(config, spec: "RLJob") -> None:
 
     agent, res = spec.agent, spec.resources
     config.algo_class = LeanDQN
-    if not is_atari(agent.env):  # (Atari has its own frame-stacking pair)
+    lanes = res.envs_per_env_runner * max(res.env_runners, 1)
+    if spec.selfplay is not None:  # (multi-agent episodes keep RLlib's connectors)
+        from trainyard.agents.lean_selfplay import LeanSelfPlay
+
+        config.algo_class = LeanSelfPlay
+        lanes = 1  # games are stored whole, one after another, when they end
+    elif not is_atari(agent.env):  # (Atari has its own frame-stacking pair)
         from trainyard.agents.atari import ActionsToNumpy
         from trainyard.agents.learner import LatestObservation
 
@@ -191,7 +196,7 @@ def _lean(config, spec: "RLJob") -> None:
                      # acting); other envs' hold what the Q-network takes
                      "num_frames": agent.atari.frame_stack if is_atari(agent.env) else 1,
                      "n_step": agent.n_step, "gamma": agent.gamma,
-                     "lanes": res.envs_per_env_runner * max(res.env_runners, 1)})
+                     "lanes": lanes})
 
 
 def _recurrent(config, agent) -> None:

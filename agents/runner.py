@@ -40,6 +40,7 @@ SELFPLAY_METRICS = {
     ("learners", "main", "qf_loss"): "train/loss",
     ("learners", "main", "qf_mean"): "train/q_mean",
     ("learners", "main", "td_error_mean"): "train/td_error_mean",
+    ("learners", "main", "replay_ratio"): "train/replay_ratio",
 }
 STEPS_KEY = ("env_runners", "num_env_steps_sampled_lifetime")
 # Fault counters, logged when the job has remote env runners (counted since the algorithm was

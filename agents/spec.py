@@ -169,8 +169,9 @@ class DQNAgent(Section):
     compile: bool = Field(False, description="torch.compile the Q-network's modules on the "
                           "learner (compile time is paid at the first updates; a failure "
                           "falls back to eager with a warning)")
-    lean_step: bool = Field(True, description="single-agent feed-forward DQN with uniform "
-                            "replay: trainyard's training step (preallocated replay straight "
+    lean_step: bool = Field(True, description="feed-forward DQN with uniform replay "
+                            "(single-agent or self-play): trainyard's training step "
+                            "(preallocated replay straight "
                             "into tensors, one update at a time) instead of RLlib's "
                             "episode-based one; same math")
     sync_every: int = Field(1, ge=1, description="lean step: updates between copies of the "
@@ -299,10 +300,15 @@ class RLJob(JobBase):
                 raise ValueError(f"selfplay.rotations: {info.name} has no rotational symmetry "
                                  "(pieces fall down the columns); use selfplay.mirror alone")
         if self.selfplay is not None and self.agent.n_step > 1:
-            raise ValueError(
-                f"agent.n_step: {self.agent.n_step} with self-play; RLlib's multi-agent replay "
-                "never samples a move closer than n to the end of its game (the winning and "
-                "blocking moves), so set agent.n_step: 1")
+            from trainyard.agents.rl_config import uses_lean_step
+
+            if not uses_lean_step(self):
+                raise ValueError(
+                    f"agent.n_step: {self.agent.n_step} with self-play on RLlib's own step "
+                    "(prioritized replay or agent.lean_step: false): its multi-agent replay "
+                    "never samples a move closer than n to the end of its game (the winning "
+                    "and blocking moves), so set agent.n_step: 1, or use uniform replay "
+                    "(agent.prioritized_replay: false) and the lean step")
         return self
 
     def warnings(self) -> list[str]:
@@ -335,9 +341,9 @@ class RLJob(JobBase):
 
         if not uses_lean_step(self):
             raise ValueError("agent.async_sampling runs in trainyard's lean DQN step, which "
-                             "takes single-agent feed-forward DQN with uniform replay and a "
-                             "local learner: set agent.prioritized_replay: false, no "
-                             "agent.recurrent or self-play, resources.learners: 0")
+                             "takes feed-forward DQN with uniform replay and a local "
+                             "learner: set agent.prioritized_replay: false, no "
+                             "agent.recurrent, resources.learners: 0")
         return self
 
     @model_validator(mode="after")

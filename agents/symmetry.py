@@ -32,23 +32,24 @@ def board_symmetries(info: GameInfo, mirror: bool = True,
 
 
 def symmetric_batch(batch: dict, tables: tuple[torch.Tensor, torch.Tensor],
-                    generator: torch.Generator | None = None) -> dict:
+                    generator: torch.Generator | None = None,
+                    boards: tuple[str, str] = (Columns.OBS, Columns.NEXT_OBS)) -> dict:
     """A replayed batch with each transition seen through a symmetry of the board drawn
     uniformly (`board_symmetries`; the identity is one of them): both boards moved, the action
     with them. The game is symmetric, so the moved transition is as true as the stored one.
     Same batch size, several times the positions seen over training: the board augmentation
-    of AlphaGo Zero."""
+    of AlphaGo Zero. `boards`: the batch's keys of the boards before and after the move."""
     cells, moves = tables
-    obs = batch[Columns.OBS]
+    obs = batch[boards[0]]
     size = obs.shape[0]
     choice = torch.randint(len(cells), (size,), generator=generator)
     index = cells[choice].unsqueeze(-1).expand(-1, -1, obs.shape[-1])  # [B, cells, planes]
     out = dict(batch)
-    for key in (Columns.OBS, Columns.NEXT_OBS):
+    for key in boards:
         if key in batch:
-            boards = batch[key]
-            out[key] = boards.reshape(size, -1, boards.shape[-1]).gather(1, index) \
-                .reshape(boards.shape)
+            planes = batch[key]
+            out[key] = planes.reshape(size, -1, planes.shape[-1]).gather(1, index) \
+                .reshape(planes.shape)
     actions = batch[Columns.ACTIONS]
     out[Columns.ACTIONS] = moves[choice, actions.long()].to(actions.dtype)
     return out

@@ -294,6 +294,8 @@ def test_selfplay_spec_errors():
         RLJob.model_validate({**base, "selfplay": {"rotations": True}})
     with pytest.raises(ValidationError, match="set agent.n_step: 1"):
         RLJob.model_validate({**base, "agent": {"env": "OpenSpiel/connect_four", "n_step": 3,
-                                                "rollout_fragment_length": 4}})
+                                                "prioritized_replay": True}})
+    assert RLJob.model_validate({**base, "agent": {  # the lean step replays every move
+        "env": "OpenSpiel/connect_four", "n_step": 3, "prioritized_replay": False}})
     with pytest.raises(ValidationError, match="did you mean: OpenSpiel/connect_four"):
         RLJob.model_validate({**base, "agent": {"env": "OpenSpiel/connect4"}})
