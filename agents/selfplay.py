@@ -64,9 +64,15 @@ def _spaces(info: GameInfo):
 
 
 class GameEnv(MultiAgentEnv):
+    """`config`: `game`, and `opening_plies` (each game starts after 0 to that many random
+    moves, drawn per game)."""
+
     def __init__(self, config: dict | None = None):
         super().__init__()
-        self.info = game_info((config or {}).get("game", "connect_four"))
+        config = config or {}
+        self.info = game_info(config.get("game", "connect_four"))
+        self.opening_plies = int(config.get("opening_plies", 0))
+        self.rng = np.random.default_rng()
         obs_space, action_space = _spaces(self.info)
         self.possible_agents = list(AGENTS)
         self.agents = list(AGENTS)
@@ -78,8 +84,15 @@ class GameEnv(MultiAgentEnv):
         return self.match.observation(player)
 
     def reset(self, *, seed=None, options=None):
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
         self.match = Match(self.info)
-        return {AGENTS[0]: self._obs(0)}, {}
+        for _ in range(self.rng.integers(self.opening_plies + 1)):
+            self.match.apply(int(self.rng.choice(self.match.legal())))
+            if self.match.over:  # (a short game can end within 8 random moves)
+                self.match = Match(self.info)
+        mover = self.match.to_move
+        return {AGENTS[mover]: self._obs(mover)}, {}
 
     def step(self, action_dict):
         mover = self.match.to_move
@@ -247,7 +260,7 @@ def make_env_creator(env_id: str):
     name = game_info(env_id).name
 
     def create(config=None):
-        return GameEnv({"game": name})
+        return GameEnv({**(config or {}), "game": name})
 
     return create
 
@@ -286,6 +299,7 @@ def configure(config, agent, league, model_config, seed: int, replay: dict) -> N
                        policy_mapping_fn=LeagueMapping(names, weights, seed))
     config.rl_module(rl_module_spec=MultiRLModuleSpec(rl_module_specs=specs))
     config.callbacks(LeagueCallback)
+    config.environment(env_config={**config.env_config, "opening_plies": league.opening_plies})
     config.training(replay_buffer_config=replay)
     if league.mirror or league.rotations:
         config.learner_config_dict["board_symmetries"] = {

@@ -40,6 +40,10 @@ class SelfPlay(Section):
                             "turns (tic-tac-toe: a square board without gravity); with "
                             "`mirror`, each transition through one of the square's 8 "
                             "symmetries")
+    opening_plies: int = Field(0, ge=0, le=8, description="each training game starts after "
+                               "0 to this many random moves (drawn uniformly per game), so "
+                               "main learns positions, not one line of play against a nearly "
+                               "deterministic opponent; evaluation has its own seeded openings")
     pool_size: int = Field(20, ge=1, description="the latest snapshots main is drawn against "
                            "(older ones stay rated)")
     win_rate_decay: float = Field(0.99, gt=0, lt=1, description="per game: how slowly the "

@@ -132,3 +132,33 @@ def test_an_empty_replay_says_so_when_sampled():
     with pytest.raises(ValueError, match="no complete transition stored yet"):
         FrameReplay(1000, num_frames=1).sample(32)
 
+
+def test_training_games_start_from_random_openings_when_asked():
+    """`selfplay.opening_plies: 4`: each training game starts after 0 to 4 random moves, each
+    side first sees the board on its turn, and the env runner's games differ."""
+    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+    from ray.tune.registry import register_env
+
+    from conftest import REPO
+    from trainyard.agents.env_factory import make_env_creator
+    from trainyard.agents.rl_config import build_config
+    from trainyard.loader import load_spec
+
+    spec = load_spec(REPO / "agents/configs/selfplay_connect4.yaml",
+                     ["selfplay.opening_plies=4"]).spec
+    register_env(spec.agent.env, make_env_creator(spec.agent))
+    config = build_config(spec, 0)
+    assert config.env_config["opening_plies"] == 4
+    runner = MultiAgentEnvRunner(config=config)
+    firsts = []  # each side's first board in a game: the opening and the replies to it
+    for _ in range(6):
+        for chunk in runner.sample():
+            for episode in chunk.agent_episodes.values():
+                if episode.t_started == 0:
+                    board = episode.get_observations(0)
+                    own, other = int(board[..., 0].sum()), int(board[..., 1].sum())
+                    assert own in (other, other - 1)  # it is this side's turn
+                    firsts.append((own + other, board.tobytes()))
+    runner.stop()
+    assert len(firsts) >= 32 and len({b for _, b in firsts}) >= len(firsts) // 2
+    assert {n for n, _ in firsts} >= {0, 1, 2, 3, 4, 5}  # 0-4 random moves, then a reply
