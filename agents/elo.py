@@ -32,11 +32,15 @@ class LeagueState:
 
 
 def fit_elo(results: list[tuple[str, str, int, int, int]], anchor: str,
-            prior_draws: float = 1.0, iterations: int = 500) -> dict[str, float]:
+            prior_draws: float = 1.0, iterations: int = 500,
+            fixed: dict[str, float] | None = None) -> dict[str, float]:
     """Elo ratings by maximum likelihood (Bradley-Terry, a draw = half a win each), `anchor`
     at 0. Each pair that played gets `prior_draws` virtual draws, so that a player that never
-    lost still gets a finite rating."""
+    lost still gets a finite rating. Players in `fixed` that played keep those ratings (the
+    calibrated yardsticks, trainyard.agents.yardsticks): the others are then rated on their
+    scale, which is the same for every run, instead of relative to `anchor` alone."""
     names = sorted({r[0] for r in results} | {r[1] for r in results} | {anchor})
+    pinned = {n: r for n, r in (fixed or {}).items() if n in names}
     index = {n: i for i, n in enumerate(names)}
     n = len(names)
     games = np.zeros((n, n))
@@ -49,10 +53,16 @@ def fit_elo(results: list[tuple[str, str, int, int, int]], anchor: str,
         wins[i] += w + 0.5 * (d + prior_draws)
         wins[j] += l_ + 0.5 * (d + prior_draws)
     gamma = np.ones(n)
+    held = np.array([index[name] for name in pinned], int)
+    held_gamma = np.array([10 ** (r / 400) for r in pinned.values()])
+    gamma[held] = held_gamma
     for _ in range(iterations):  # Hunter's MM updates
         denom = (games / (gamma[:, None] + gamma[None, :])).sum(axis=1)
         new = np.where(denom > 0, wins / np.maximum(denom, 1e-300), gamma)
-        new /= new[index[anchor]]
+        if len(held):
+            new[held] = held_gamma
+        else:
+            new /= new[index[anchor]]
         if np.allclose(new, gamma, rtol=1e-9):
             gamma = new
             break

@@ -20,6 +20,7 @@ from trainyard.agents.games import (
     reference_player,
 )
 from trainyard.agents.selfplay import LeagueMapping, QPlayer, main_spec, module_id
+from trainyard.agents.yardsticks import fixed_ratings
 
 
 def _numpy_copy(state):
@@ -161,7 +162,7 @@ class League:
             w, d, l_ = head_to_head(self.info, new, opponent, games)
             self.state.results.append((sid, other, w, d, l_))
         ratings = fit_elo(self.state.results, anchor="random" if "random" in self.references
-                          else self.references[0])
+                          else self.references[0], fixed=fixed_ratings(self.info.name))
         for name, rating in ratings.items():
             self.state.players[name].rating = rating
         return {"elo/latest_snapshot": ratings[sid],
@@ -179,6 +180,11 @@ class League:
         starts = openings(self.info, self.opening_plies, max(1, games // 2)) \
             if self.opening_plies else None
         metrics, returns, results = {}, [], []
+        # main's rating from its games against players of known rating: the yardsticks'
+        # fixed ones, and the league's once a snapshot has been rated
+        rated = fixed_ratings(self.info.name)
+        if self.state.snapshots:
+            rated = {**{n: p.rating for n, p in self.state.players.items()}, **rated}
         for name in self.heldout:
             group = "training_pool" if name in self.config.opponents else "heldout"
             opponent = evaluation_player(name, self.info,
@@ -189,15 +195,14 @@ class League:
             metrics[f"eval/{group}/loss_rate_vs_{key}"] = l_ / games
             if group == "heldout":
                 returns.extend([1.0] * w + [0.0] * d + [-1.0] * l_)
-            if module_id(name) in self.state.players:  # rated: a point for main's Elo
+            if module_id(name) in rated:
                 results.append((MAIN, module_id(name), w, d, l_))
         if returns:
             metrics["eval/return_mean"] = float(np.mean(returns))
         if search_depth:
             return {k.replace("eval/", f"eval/search{search_depth}/", 1): v
                     for k, v in metrics.items()}
-        rated = {n: p.rating for n, p in self.state.players.items()}
-        if self.state.snapshots and results:
+        if results:
             metrics["eval/elo"] = fit_one(results, MAIN, rated)
         return metrics
 

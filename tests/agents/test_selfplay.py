@@ -137,6 +137,21 @@ def test_elo_fit_recovers_a_known_gap_and_anchors_random_at_zero():
     assert 300 < unbeaten < 1000
     # one new player against fixed ratings
     assert fit_one([("m", "b", 500, 0, 500)], "m", {"b": 191.0}) == pytest.approx(191, abs=2)
+    # pinned yardsticks keep their ratings and set the scale; `a` is rated on it
+    pinned = fit_elo([("a", "random", 750, 0, 250), ("a", "mcts100", 250, 0, 750)],
+                     anchor="random", fixed={"random": 0.0, "mcts100": 382.0, "absent": 9.0})
+    assert pinned["random"] == 0 and pinned["mcts100"] == pytest.approx(382)
+    assert pinned["a"] == pytest.approx(191, abs=5) and "absent" not in pinned
+
+
+def test_yardsticks_are_calibrated_by_playing_each_other():
+    from trainyard.agents.yardsticks import calibrate
+
+    lines = []
+    ratings = calibrate("tic_tac_toe", 20, ["random", "alphabeta:2", "mcts:50"],
+                        log=lines.append)
+    assert len(lines) == 3 and "random vs alphabeta:2: won" in lines[0]
+    assert ratings["random"] == 0 and ratings["alphabeta:2"] > 150 and ratings["mcts:50"] > 150
 
 
 class _Episode:
