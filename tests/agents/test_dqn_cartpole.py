@@ -9,10 +9,12 @@ from trainyard.cli import main
 
 
 @pytest.mark.slow
-def test_the_shipped_config_solves_cartpole_within_its_step_budget(workdir, store_uri):
+def test_the_shipped_config_solves_cartpole_within_its_step_budget(workdir, store_uri, capsys):
     """As a user runs it, no overrides: a greedy 10-episode evaluation reaches 475 within the
     config's 50k env steps, the run stops there, and its last checkpoint is the one that
-    scored (measured 4 December: seeds 0, 1, 2 solved at 24k, 24k and 36k steps)."""
+    scored (measured 4 December: seeds 0, 1, 2 solved at 24k, 24k and 36k steps), and
+    `trainyard eval` replays that checkpoint with a video of its own. (The stop on an
+    evaluation target is checked here rather than by a run of its own.)"""
     assert main(["run", str(CARTPOLE)]) == 0
     client, runs = runs_of(store_uri, "cartpole")
     run = runs[0]
@@ -30,8 +32,17 @@ def test_the_shipped_config_solves_cartpole_within_its_step_budget(workdir, stor
     folders = sorted((workdir / "trainyard-runs" / "checkpoints" / run.info.run_id).glob(
         "checkpoint_*"))
     assert folders and folders[-1].name == f"checkpoint_{evals[-1].step // 1000:06d}"
+    assert run.info.status == "FINISHED"
     videos = [a.path for a in client.list_artifacts(run.info.run_id, "videos")]
-    assert videos and all(v.endswith(".gif") for v in videos)
+    assert videos == [f"videos/eval_{evals[-1].step:010d}_steps.gif"]  # the final one only
+    capsys.readouterr()
+    video = workdir / "replay.gif"
+    assert main(["eval", run.info.run_id, "--episodes", "3", "--epsilon", "0",
+                 "--video", str(video)]) == 0
+    out = capsys.readouterr().out
+    assert (f"CartPole-v1, checkpoint at {evals[-1].step:,} env steps: 3 episodes, epsilon 0: "
+            "return") in out
+    assert video.read_bytes()[:6] == b"GIF89a"
 
 
 @pytest.mark.parametrize("name", ["adam", "rmsprop"])
