@@ -46,6 +46,12 @@ class GameInfo:
     def num_actions(self) -> int:
         return self.cols if self.gravity else self.rows * self.cols
 
+    @property
+    def opening_plies(self) -> int:
+        """Random moves before an evaluation game when the job does not say: enough that
+        each opening is a different position, few enough that it is rarely decided."""
+        return 4 if self.gravity else 2
+
 
 GAMES = {
     "connect_four": GameInfo("connect_four", 6, 7, 4, gravity=True, planes=(0, 1)),

@@ -57,7 +57,7 @@ class League:
         # who main is judged against (evaluation.opponents), from which openings
         self.heldout = heldout if heldout is not None else ["alphabeta:3", "mcts:100"]
         self.opening_plies = (opening_plies if opening_plies is not None
-                              else 4 if self.info.gravity else 2)
+                              else self.info.opening_plies)
         self.references = [module_id(o) for o in league.opponents]
         self.state = LeagueState()
         for name in self.references:

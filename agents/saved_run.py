@@ -90,7 +90,7 @@ def evaluate_selfplay(spec: "RLJob", storage: Path, seed: int, games: int,
         raise UserInputError(f"--opponent: {err}") from None
     module, steps = load_main(spec, storage)
     plies = spec.evaluation.opening_plies
-    plies = (4 if info.gravity else 2) if plies is None else plies
+    plies = info.opening_plies if plies is None else plies
     starts = openings(info, plies, max(1, games // 2)) if plies else None
     depth = spec.agent.play_search_depth
     agent = QPlayer(module, search_depth=depth, info=info, seed=seed)

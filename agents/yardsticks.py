@@ -20,6 +20,7 @@ import itertools
 import zlib
 
 from trainyard.agents.elo import fit_elo
+from trainyard.agents.selfplay import module_id
 
 PLAYERS = ["random", "alphabeta:1", "alphabeta:2", "alphabeta:3", "alphabeta:4", "mcts:100",
            "mcts:400", "mcts:1600"]
@@ -31,7 +32,7 @@ RATINGS: dict[str, dict[str, float]] = {}
 def fixed_ratings(game: str) -> dict[str, float]:
     """The game's yardstick ratings under the league's module ids (`alphabeta:2` ->
     `alphabeta2`); empty for a game not measured."""
-    return {name.replace(":", ""): r for name, r in RATINGS.get(game, {}).items()}
+    return {module_id(name): r for name, r in RATINGS.get(game, {}).items()}
 
 
 def calibrate(game: str, games: int, players: list[str] | None = None, seed: int = 0,
@@ -42,7 +43,7 @@ def calibrate(game: str, games: int, players: list[str] | None = None, seed: int
     from trainyard.agents.games import evaluation_player, game_info, head_to_head, openings
 
     info = game_info(game)
-    starts = openings(info, 4 if info.gravity else 2, max(1, games // 2))
+    starts = openings(info, info.opening_plies, max(1, games // 2))
     results = []
     for a, b in pairs or itertools.combinations(players or PLAYERS, 2):
         first, second = (evaluation_player(n, info, seed=zlib.crc32(f"{seed}/{n}/{a}-{b}".encode()))
