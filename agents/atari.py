@@ -185,7 +185,11 @@ class StackFrames(ConnectorV2):
     It replaces RLlib's default pieces (observations from episodes, batching, numpy to tensor)
     and their per-piece timers, which cost ~10% of Pong sampling (py-spy). A rolling stack per
     game takes the newest frame each step; whenever a game's episode is not the one it holds
-    one step later (a new episode, a first call), its stack is rebuilt from the episode."""
+    one step later (a new episode, a first call), its stack is rebuilt from the episode.
+    Stacks are held frame-major ([games, k, 84, 84]: rolling one is a contiguous move, where
+    the frame axis last made it a strided one, 0.6 ms a step for 4 games) and handed on as a
+    permuted view, as the replay's batches are (a frame-last copy costs more than the
+    module gains from it: 0.33 against ~0.1 ms for 4 games)."""
 
     def __init__(self, input_observation_space=None, input_action_space=None, *,
                  num_frames: int = 4, device=None, **kwargs):
@@ -205,12 +209,13 @@ class StackFrames(ConnectorV2):
         k = self.num_frames
         newest = kwargs.get(Columns.OBS)  # this step's frames, one per game, when stepping
         if self._stacks is None or len(self._stacks) != len(episodes):
-            self._stacks = np.zeros((len(episodes), *self.observation_space.shape), np.uint8)
+            height, width = self.observation_space.shape[:2]
+            self._stacks = np.zeros((len(episodes), k, height, width), np.uint8)
             self._held = [None] * len(episodes)
         for i, episode in enumerate(episodes):
             if newest is not None and self._held[i] == (episode.id_, episode.t - 1):
-                self._stacks[i, ..., :-1] = self._stacks[i, ..., 1:]
-                self._stacks[i, ..., -1] = newest[i]
+                self._stacks[i, :-1] = self._stacks[i, 1:]
+                self._stacks[i, -1] = newest[i]
             else:
                 seen = episode.t + 1  # frames since the reset (earlier chunks included)
                 frames = np.asarray(
@@ -218,9 +223,10 @@ class StackFrames(ConnectorV2):
                 if len(frames) < k:
                     frames = np.concatenate([np.repeat(frames[:1], k - len(frames), 0),
                                              frames])
-                self._stacks[i] = stacked(frames)
+                self._stacks[i] = frames
             self._held[i] = (episode.id_, episode.t)
-        batch[Columns.OBS] = torch.from_numpy(self._stacks.copy()).to(self.device or "cpu")
+        stacks = torch.from_numpy(self._stacks.copy()).to(self.device or "cpu")
+        batch[Columns.OBS] = stacks.permute(0, 2, 3, 1)  # as the replay's batches are
         return batch
 
 

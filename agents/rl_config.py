@@ -171,12 +171,16 @@ def _lean(config, spec: "RLJob") -> None:
     from trainyard.agents.lean_dqn import LeanDQN
 
     agent, res = spec.agent, spec.resources
+    from trainyard.agents.lean_runner import LeanEnvRunner, LeanMultiAgentEnvRunner
+
     config.algo_class = LeanDQN
+    config.env_runners(env_runner_cls=LeanEnvRunner)  # per-step timers sampled
     lanes = res.envs_per_env_runner * max(res.env_runners, 1)
     if spec.selfplay is not None:  # (multi-agent episodes keep RLlib's connectors)
         from trainyard.agents.lean_selfplay import LeanSelfPlay
 
         config.algo_class = LeanSelfPlay
+        config.env_runners(env_runner_cls=LeanMultiAgentEnvRunner)
         lanes = 1  # games are stored whole, one after another, when they end
     elif not is_atari(agent.env):  # (Atari has its own frame-stacking pair)
         from trainyard.agents.atari import ActionsToNumpy

@@ -338,5 +338,37 @@ def test_the_drivers_runner_reports_its_metrics_in_a_few_merges_and_loses_no_ste
         learner = result["learners"]["default_policy"]
         assert learner["replay_ratio"] == pytest.approx(8.0, rel=0.02)
         assert np.isfinite(result["env_runners"]["episode_return_mean"])
+        # the runner's per-step timers are sampled, and still reported
+        assert type(runner).__name__ == "LeanEnvRunner"
+        assert result["env_runners"]["env_step_timer"] > 0
     finally:
         algo.stop()
+
+
+def test_sampled_timers_time_one_call_in_sixteen_and_log_every_count(monkeypatch):
+    """The lean runner's logger times a key's first call and then one in TIME_EVERY (the
+    rest return a context that does nothing), samples the per-step length means alike, and
+    logs every other value as given."""
+    from ray.rllib.utils.metrics import ENV_TO_MODULE_SUM_EPISODES_LENGTH_IN
+    from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
+
+    from trainyard.agents.lean_runner import TIME_EVERY, sample_timers
+
+    timed = []
+    real = MetricsLogger.log_time
+    monkeypatch.setattr(MetricsLogger, "log_time",
+                        lambda self, key, **kw: timed.append(key) or real(self, key, **kw))
+    logger = MetricsLogger(root=False)
+    logger.log_value("before", 1, reduce="sum")  # what was logged before the swap stays
+    sample_timers(logger)
+    calls = 2 * TIME_EVERY + 1
+    for _ in range(calls):
+        with logger.log_time(("timers", "env_step")):
+            pass
+        logger.log_value("env_steps", 1, reduce="sum")
+        logger.log_value(ENV_TO_MODULE_SUM_EPISODES_LENGTH_IN, 5.0)
+    assert timed == [("timers", "env_step")] * 3  # calls 0, 16 and 32
+    results = logger.reduce()
+    assert results["env_steps"] == calls and results["before"] == 1
+    assert results["timers"]["env_step"] >= 0
+    assert results[ENV_TO_MODULE_SUM_EPISODES_LENGTH_IN] == 5.0
