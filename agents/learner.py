@@ -269,13 +269,14 @@ class LeanActing:
         self.epsilon_schedule.update(t)
         epsilon = self.epsilon_schedule.get_current_value()
         rows = obs.shape[0]
+        # (drawn even when unused: the random stream, and so a seeded run, stays as it was)
+        actions = torch.randint(self.action_space.n, (rows,), device=obs.device)
         greedy = torch.rand(rows, device=obs.device) >= epsilon
         acting = int(greedy.sum())
         if acting == rows:  # all greedy (late in training, evaluation): no masking copies
             with torch.inference_mode():  # acting never needs autograd's bookkeeping
                 values = self.compute_q_values(batch)[QF_PREDS]
             return {Columns.ACTIONS: values.argmax(-1)}
-        actions = torch.randint(self.action_space.n, (rows,), device=obs.device)
         if acting:
             with torch.inference_mode():
                 values = self.compute_q_values({**batch, Columns.OBS: obs[greedy]})[QF_PREDS]

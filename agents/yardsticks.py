@@ -26,7 +26,12 @@ PLAYERS = ["random", "alphabeta:1", "alphabeta:2", "alphabeta:3", "alphabeta:4",
            "mcts:400", "mcts:1600"]
 
 # game -> player -> Elo (random = 0); see the module's docstring for how they were measured
-RATINGS: dict[str, dict[str, float]] = {}
+RATINGS: dict[str, dict[str, float]] = {
+    # 5 December, 40 games a pair (every pair), the 2-ply openings
+    "tic_tac_toe": {"random": 0.0, "alphabeta:1": 330.0, "alphabeta:2": 382.0,
+                    "alphabeta:3": 401.0, "alphabeta:4": 377.0, "mcts:100": 361.0,
+                    "mcts:400": 396.0, "mcts:1600": 398.0},
+}
 
 
 def fixed_ratings(game: str) -> dict[str, float]:

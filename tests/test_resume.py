@@ -1,5 +1,6 @@
 """A run killed mid-training (SIGKILL of the whole process group) resumes in the same MLflow
-run, from its latest checkpoint, with metric steps that never repeat or go backwards.
+run, from its latest checkpoint, with metric steps that never repeat or go backwards; the
+finished run is then the source a fine-tuned run starts from.
 
 RL runs are resumed in tests/test_multinode.py (a killed driver on a 3-node cluster) and
 self-play with its league in tests/agents/test_selfplay_league.py (the one tic-tac-toe run)."""
@@ -21,7 +22,8 @@ from trainyard.cli import main
 
 
 @pytest.mark.slow
-def test_killed_supervised_run_resumes_in_the_same_mlflow_run(workdir, store_uri, capsys):
+def test_killed_supervised_run_resumes_in_the_same_mlflow_run_and_seeds_a_fine_tuned_one(
+        workdir, store_uri, capsys):
     proc = start_run(DIGITS, ["stop.epochs=10", "checkpoint.every_epochs=2",
                            "tracking.experiment=resume"], workdir)
     client = MlflowClient(store_uri)
@@ -56,6 +58,17 @@ def test_killed_supervised_run_resumes_in_the_same_mlflow_run(workdir, store_uri
     assert len(steps) == 10
     assert after.data.metrics["test/accuracy"] > 0.9
     assert after.data.tags["trainyard.resumed_by"]
+
+    # The finished run is a trained source to fine-tune from: a new head on its frozen
+    # backbone beats a network trained from nothing, one epoch each; the source's own first
+    # epoch (the same job and seed) is that network.
+    assert main(["run", str(DIGITS), "-o", "stop.epochs=1", "-o", "tracking.experiment=tuned",
+                 "-o", f"init_from.source=runs:/{run_id}",
+                 "-o", "init_from.freeze_backbone=true"]) == 0
+    [tuned] = client.search_runs([client.get_experiment_by_name("tuned").experiment_id])
+    assert tuned.data.tags["trainyard.init_from"] == f"runs:/{run_id}"
+    first = min(client.get_metric_history(run_id, "val/accuracy"), key=lambda m: m.step)
+    assert tuned.data.metrics["val/accuracy"] > first.value + 0.1, first.value
 
 
 def test_resume_of_unknown_run_is_a_clear_error(workdir, capsys):

@@ -154,6 +154,19 @@ def test_yardsticks_are_calibrated_by_playing_each_other():
     assert ratings["random"] == 0 and ratings["alphabeta:2"] > 150 and ratings["mcts:50"] > 150
 
 
+def test_pinned_tables_rate_known_yardsticks_under_the_leagues_module_ids():
+    """Each measured table has random at 0 and only yardsticks the league knows, and the
+    league reads it under its module ids; a game not measured pins nothing."""
+    from trainyard.agents.yardsticks import PLAYERS, RATINGS, fixed_ratings
+
+    assert "tic_tac_toe" in RATINGS
+    for game, table in RATINGS.items():
+        assert table["random"] == 0 and set(table) <= set(PLAYERS), game
+        assert all(r > 0 for name, r in table.items() if name != "random"), game
+        assert fixed_ratings(game)["alphabeta2"] == table["alphabeta:2"]
+    assert fixed_ratings("no_such_game") == {}
+
+
 class _Episode:
     def __init__(self, i):
         self.id_ = f"episode-{i}"

@@ -85,21 +85,6 @@ def test_early_stopping_ends_the_run_and_its_mlflow_model_loads_and_predicts(ray
 
 
 @pytest.mark.slow
-def test_fine_tuning_from_a_run_starts_ahead(ray_once, workdir, store_uri):
-    run_job("cnn_digits.yaml", "stop.epochs=4", "tracking.experiment=source")
-    client, source = last_run(store_uri, "source")
-    run_job("cnn_digits.yaml", "stop.epochs=1", "tracking.experiment=tuned",
-            f"init_from.source=runs:/{source.info.run_id}", "init_from.freeze_backbone=true")
-    _, tuned = last_run(store_uri, "tuned")
-    assert tuned.data.tags["trainyard.init_from"] == f"runs:/{source.info.run_id}"
-    # a new head on a trained, frozen backbone beats a network trained from nothing, 1 epoch
-    # each: the source run's own first epoch (the same job and seed) is that network
-    first = min(client.get_metric_history(source.info.run_id, "val/accuracy"),
-                key=lambda m: m.step)
-    assert tuned.data.metrics["val/accuracy"] > first.value + 0.1, first.value
-
-
-@pytest.mark.slow
 def test_streamed_table_trains_two_ddp_ranks_from_ray_data_shards(ray_once, workdir,
                                                                    store_uri):
     """data.stream: the training rows stay in Parquet files that each worker streams its own
