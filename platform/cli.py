@@ -75,6 +75,8 @@ def _train(loaded, address, dashboard_port, start, allow_local=False) -> int:
         demand = {name: need - spec.driver_demand().get(name, 0)
                   for name, need in demand.items()}
     cpus = spec.resources.cpus or (os.cpu_count() or 1) + spec.data_cpus()
+    if not address:  # (on a cluster the inputs are the workers' to find)
+        spec.check_inputs()
     with launcher.ray_session(address, cpus, dashboard_port, _preloads(spec)):
         _shared_storage(loaded, address, allow_local)
         wanted = {name: need for name, need in demand.items() if need > 0}
@@ -117,6 +119,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             f"{args.job}: no sweep: section; add one, e.g.\n    sweep:\n      metric: "
             f"{headline_of(spec)}\n      num_samples: 8\n      "
             "scheduler: asha\n      space: {train.lr: loguniform(1e-4, 1e-2)}"])
+    if not args.address:
+        spec.check_inputs()
     with launcher.ray_session(args.address, spec.resources.cpus, args.dashboard_port,
                               _preloads(spec)):
         _shared_storage(loaded, args.address, args.allow_local_storage)

@@ -9,6 +9,7 @@ unknown keys are errors.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
@@ -218,6 +219,18 @@ class JobBase(Section):
     def data_cpus(self) -> int:
         """CPUs the job leaves for Ray Data (added to a local session's cores)."""
         return 0
+
+    def input_paths(self) -> dict[str, str]:
+        """Files or folders the job reads, by field ({'data.path': ...})."""
+        return {}
+
+    def check_inputs(self) -> None:
+        """A job run on this machine reads its inputs here: one missing is the user's to fix,
+        said before Ray starts (not ~15 s later from inside a worker)."""
+        for field, path in self.input_paths().items():
+            if not Path(path).exists():
+                raise UserInputError(f"{field}: not found: {path} (relative paths start at "
+                                     f"{Path.cwd()})")
 
     def worker_bundles(self) -> list[dict[str, float]]:
         """The shapes the job's Ray actors ask for, one per actor (the driver's share left

@@ -333,6 +333,10 @@ class SupervisedJob(JobBase):
         demand["CPU"] += self.data_cpus()
         return demand
 
+    def input_paths(self) -> dict[str, str]:
+        return {f"data.{name}": value for name in ("path", "val_path", "test_path")
+                if (value := getattr(self.data, name, None))}
+
     def data_cpus(self) -> int:
         # Ray Data's read tasks get only the CPUs the Train workers leave: none on a full
         # machine, and a streamed epoch would then wait forever.

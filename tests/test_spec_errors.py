@@ -222,11 +222,18 @@ def test_missing_dataset_path_is_a_data_error_naming_field_and_path(tmp_path, da
         load_dataset(spec.data, 0)
 
 
-def test_run_with_a_missing_dataset_path_exits_2_without_a_traceback(workdir, capsys):
+def test_run_with_a_missing_dataset_path_exits_2_without_a_traceback(workdir, capsys,
+                                                                     monkeypatch):
+    from trainyard import launcher
+
+    def no_ray(*args, **kwargs):  # the inputs are checked before Ray starts
+        raise AssertionError("Ray was started for a job whose data.path is missing")
+
+    monkeypatch.setattr(launcher, "ray_session", no_ray)
     path = workdir / "job.yaml"
     path.write_text(GOOD)
     assert main(["run", str(path), "-o", "data={name: image_folder, path: nowhere/images}",
                  "-o", "tracking.system_metrics=false"]) == 2
     err = capsys.readouterr().err
-    assert "data.path: image folder not found: nowhere/images" in err
+    assert "data.path: not found: nowhere/images" in err
     assert "Traceback" not in err
