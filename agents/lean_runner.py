@@ -61,7 +61,8 @@ class SampledTimers(MetricsLogger):
 
 def sample_timers(metrics: MetricsLogger) -> None:
     """Turn a runner's logger (RLlib builds it in `EnvRunner.__init__`) into SampledTimers in
-    place: it keeps what was already logged, and the class adds a method, no state."""
+    place: it keeps what was already logged; the class adds methods and a call count
+    made on first use."""
     metrics.__class__ = SampledTimers
 
 

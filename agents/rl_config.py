@@ -169,10 +169,9 @@ def uses_lean_step(spec: "RLJob") -> bool:
 def _lean(config, spec: "RLJob") -> None:
     from trainyard.agents.envs import is_atari
     from trainyard.agents.lean_dqn import LeanDQN
-
-    agent, res = spec.agent, spec.resources
     from trainyard.agents.lean_runner import LeanEnvRunner, LeanMultiAgentEnvRunner
 
+    agent, res = spec.agent, spec.resources
     config.algo_class = LeanDQN
     config.env_runners(env_runner_cls=LeanEnvRunner)  # per-step timers sampled
     lanes = res.envs_per_env_runner * max(res.env_runners, 1)
