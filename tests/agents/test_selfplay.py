@@ -159,7 +159,7 @@ def test_pinned_tables_rate_known_yardsticks_under_the_leagues_module_ids():
     league reads it under its module ids; a game not measured pins nothing."""
     from trainyard.agents.yardsticks import PLAYERS, RATINGS, fixed_ratings
 
-    assert "tic_tac_toe" in RATINGS
+    assert {"tic_tac_toe", "connect_four"} <= set(RATINGS)
     for game, table in RATINGS.items():
         assert table["random"] == 0 and set(table) <= set(PLAYERS), game
         assert all(r > 0 for name, r in table.items() if name != "random"), game
