@@ -8,6 +8,7 @@ module only.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,9 @@ MAX_PARAM_COLUMNS = 10
 _WIDTH = 24  # a cell longer than this is cut with "…"
 # A metric whose name has one of these is better when lower (else higher).
 _LOWER_IS_BETTER = ("loss", "error", "perplexity", "bits_per_char")
+# A param string is read as a number only when written as Python writes a float (a point, or
+# an exponent with its sign): a hex id or git sha such as "19264e54" is text.
+_FLOAT_TEXT = re.compile(r"[+-]?(\d+\.\d*|\.\d+)([eE][+-]?\d+)?|[+-]?\d+[eE][+-]\d+")
 
 
 def best_mode(metric: str) -> str:
@@ -100,11 +104,12 @@ def _cell(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     text = str(value)
-    if isinstance(value, str) and any(c in text for c in ".eE"):
-        try:
-            return f"{float(text):.4g}"
-        except ValueError:
-            pass
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(text):
+        return f"{float(text):.4g}"
+    return _cut(text)
+
+
+def _cut(text: str) -> str:
     return text if len(text) <= _WIDTH else text[:_WIDTH - 1] + "…"
 
 
@@ -130,11 +135,12 @@ def table(uri: str, runs: list[dict[str, Any]], metrics: list[str],
         header += [f"{metric} final", f"{metric} best ({modes[metric]})"]
     rows = []
     for run in runs:
-        row = [run["name"] or "-", run["run_id"][:8], run["status"], _wall(run)]
+        # Name, id and status are text as they are: a cell is formatted once.
+        row = [_cut(run["name"] or MISSING), run["run_id"][:8], run["status"], _wall(run)]
         row += [_cell(run["params"].get(key)) for key in shown]
         for metric in metrics:
             row += [_cell(value) for value in metric_summary(uri, run, metric, modes[metric])]
-        rows.append([_cell(cell) for cell in row])
+        rows.append(row)
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True))
              .rstrip() for line in [header, *rows]]

@@ -131,9 +131,22 @@ def test_missing_store_is_named_and_not_created(workdir):
 def test_cells_have_four_significant_digits_one_placeholder_and_no_sweep_settings():
     from trainyard.compare import _cell, differing_params
 
-    assert [_cell(v) for v in ("0.0018000000000000002", 0.123456, "3e-05", "12", "resnet",
-                               "cnn_digits.yaml", None, "None", "")] == [
-        "0.0018", "0.1235", "3e-05", "12", "resnet", "cnn_digits.yaml", "-", "-", "-"]
+    assert [_cell(v) for v in ("0.0018000000000000002", 0.123456, "3e-05", "1e+20", "12",
+                               "resnet", "cnn_digits.yaml", "19264e54", None, "None", "")] == [
+        "0.0018", "0.1235", "3e-05", "1e+20", "12", "resnet", "cnn_digits.yaml", "19264e54",
+        "-", "-", "-"]
     plain = {"params": {"agent.lr": "0.001"}}
     trial = {"params": {"agent.lr": "0.002", "sweep.num_samples": "8", "sweep.metric": "x"}}
     assert differing_params([plain, trial]) == ["agent.lr"]
+
+
+def test_ids_and_names_that_read_as_numbers_are_shown_as_they_are():
+    # CI once drew a run id starting "19264e54", and the table printed it as 1.926e+58.
+    from trainyard.compare import table
+
+    runs = [{"name": name, "run_id": run_id, "status": "FINISHED", "start_ms": 0, "end_ms": 0,
+             "params": {"git": sha}, "metrics": {}}
+            for name, run_id, sha in (("1e5", "19264e54aa", "1.50"), ("2.0", "0012e3bb", "0e1"))]
+    rows = [line.split() for line in table("unused", runs, [], {}).splitlines()[2:]]
+    assert rows == [["1e5", "19264e54", "FINISHED", "-", "1.5"],
+                    ["2.0", "0012e3bb", "FINISHED", "-", "0e1"]]
