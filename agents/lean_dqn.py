@@ -56,6 +56,7 @@ from ray.rllib.utils.metrics import (
 )
 
 from trainyard.agents import rllib_private
+from trainyard.agents.lean_runner import TIME_EVERY, UNTIMED
 from trainyard.agents.learner import bf16_autocast
 
 # env steps the driver's runner may sample between two merges of its metrics (see above)
@@ -160,6 +161,8 @@ class LeanDQN(DQN):
         self._unmerged_steps = 0
         self._iteration_seen, self._iteration_began = -1, 0
         self._module_id = DEFAULT_MODULE_ID  # the module that learns
+        self._steps_taken = 0  # training_step calls
+        self._last = None  # the latest update's (loss, td errors, chosen Q), not yet logged
 
     def _sample(self):
         """Episodes sampled since the last call, and the runners' metrics: synchronously (all
@@ -203,12 +206,19 @@ class LeanDQN(DQN):
 
     def training_step(self) -> None:
         config = self.config
-        with self.metrics.log_time((TIMERS, ENV_RUNNER_SAMPLING_TIMER)):
+        self._steps_taken += 1
+        timed = self._steps_taken % TIME_EVERY == 1  # timers are means: one step in 16 times
+        # them (four EMA pushes a step were ~3% of a CartPole step)
+
+        def timer(key):
+            return self.metrics.log_time((TIMERS, key)) if timed else UNTIMED
+
+        with timer(ENV_RUNNER_SAMPLING_TIMER):
             episodes, results = self._sample()
         if results:
             self.metrics.aggregate(results, key=ENV_RUNNER_RESULTS)
         sampled = sum(len(e) for e in episodes)
-        with self.metrics.log_time((TIMERS, REPLAY_BUFFER_ADD_DATA_TIMER)):
+        with timer(REPLAY_BUFFER_ADD_DATA_TIMER):
             self.local_replay_buffer.add(self._replayed(episodes))
         lifetime = self._merged_steps() + self._unmerged_steps
         if lifetime < config.num_steps_sampled_before_learning_starts:
@@ -219,32 +229,34 @@ class LeanDQN(DQN):
         self._owed += sampled * self._updates_per_step
         if self._lean is None:
             self._lean = LeanUpdate(rllib_private.local_learner(self), config, self._module_id)
-        last = None
         while self._owed >= 1.0:
-            with self.metrics.log_time((TIMERS, REPLAY_BUFFER_SAMPLE_TIMER)):
+            with timer(REPLAY_BUFFER_SAMPLE_TIMER):
                 batch = self._augmented(
                     self.local_replay_buffer.sample(config.total_train_batch_size))
-            with self.metrics.log_time((TIMERS, LEARNER_UPDATE_TIMER)):
-                last = self._lean(batch, lifetime)
+            with timer(LEARNER_UPDATE_TIMER):
+                self._last = self._lean(batch, lifetime)
             self._owed -= 1.0
             self._updates += 1
             self._unsynced += 1
             if self._unsynced >= self._sync_every:
                 self._sync_weights()
-        if last is not None:  # the iteration's last update, read once (one device sync)
-            loss, td, chosen = last
-            for key, value in ((QF_LOSS_KEY, loss.item()), (QF_MEAN_KEY, chosen.mean().item()),
-                               (TD_ERROR_MEAN_KEY, td.mean().item())):
-                self.metrics.log_value((LEARNER_RESULTS, self._module_id, key), value,
-                                       window=1)
-            self.metrics.log_value((LEARNER_RESULTS, self._module_id, "num_updates"),
-                                   self._updates, window=1)
-            # transitions replayed per env step sampled since learning began: the
-            # configured training_intensity, up to the updates still owed
-            self.metrics.log_value(
-                (LEARNER_RESULTS, self._module_id, "replay_ratio"),
-                self._updates * config.total_train_batch_size / max(self._learning_steps, 1),
-                window=1)
+        if self._last is not None and results:  # with the runners' metrics (so at the end
+            # of every iteration), the latest update's figures, read once (a device sync)
+            self._log_learner_results(*self._last)
+            self._last = None
+
+    def _log_learner_results(self, loss, td, chosen) -> None:
+        for key, value in ((QF_LOSS_KEY, loss.item()), (QF_MEAN_KEY, chosen.mean().item()),
+                           (TD_ERROR_MEAN_KEY, td.mean().item())):
+            self.metrics.log_value((LEARNER_RESULTS, self._module_id, key), value, window=1)
+        self.metrics.log_value((LEARNER_RESULTS, self._module_id, "num_updates"),
+                               self._updates, window=1)
+        # transitions replayed per env step sampled since learning began: the configured
+        # training_intensity, up to the updates still owed
+        self.metrics.log_value(
+            (LEARNER_RESULTS, self._module_id, "replay_ratio"),
+            self._updates * self.config.total_train_batch_size / max(self._learning_steps, 1),
+            window=1)
 
     # -- what a subclass for other episodes (self-play) changes ------------------------------
     def _replayed(self, episodes) -> list:

@@ -232,15 +232,21 @@ def test_the_q_module_acts_epsilon_greedy_without_leaving_train_mode():
     module.eval = lambda: switches.append("eval")  # RLlib's acting step would call it
     obs = {Columns.OBS: torch.randint(0, 256, (512, 84, 84, 4), dtype=torch.uint8)}
     greedy = module.compute_q_values(obs)["qf_preds"].argmax(-1)
-    module.epsilon_schedule = type(module.epsilon_schedule)(fixed_value_or_schedule=0.0,
-                                                            framework="torch")
+    module.model_config["epsilon"] = 0.0  # (RLlib's module reads its schedule from here)
     assert torch.equal(module.forward_exploration(obs, t=0)[Columns.ACTIONS], greedy)
     assert not switches and module.training
-    module.epsilon_schedule = type(module.epsilon_schedule)(fixed_value_or_schedule=1.0,
-                                                            framework="torch")
+    module.model_config["epsilon"] = [(0, 1.0), (100, 0.0)]  # at t=0: 1
     actions = module.forward_exploration(obs, t=0)[Columns.ACTIONS]
     counts = torch.bincount(actions, minlength=6)
     assert counts.min() > 50 and not torch.equal(actions, greedy)  # ~85 each of 6
+    # the acting step's epsilon is RLlib's schedule at every step, past its end too
+    from ray.rllib.utils.schedules.scheduler import Scheduler
+
+    schedule = [(0, 1.0), (1000, 0.1), (5000, 0.02)]
+    module.model_config["epsilon"] = schedule
+    rllib = Scheduler(fixed_value_or_schedule=schedule, framework="torch")
+    for t in (0, 1, 500, 999, 1000, 3000, 5000, 10**6):
+        assert module._epsilon(t) == pytest.approx(rllib.update(t), abs=1e-12), t
 
 
 def test_double_q_training_forward_matches_rllib_without_grad_through_next_obs():

@@ -310,7 +310,9 @@ def test_the_drivers_runner_reports_its_metrics_in_a_few_merges_and_loses_no_ste
     """With the runner in the driver, its metrics are merged every ~256 env steps and at the
     iteration's end instead of after every 4-step chunk, and nothing is lost or shifted: each
     iteration still ends at its 1,000 env steps, the merged step count is the runner's own,
-    the replay ratio is the configured one and finished episodes are reported."""
+    the replay ratio is the configured one and finished episodes are reported. The runner's
+    timers, connector pipelines' among them, are sampled and still reported, and its step
+    counts, summed before they are logged, are exact."""
     from ray.tune.registry import register_env
 
     from conftest import CARTPOLE
@@ -341,6 +343,17 @@ def test_the_drivers_runner_reports_its_metrics_in_a_few_merges_and_loses_no_ste
         # the runner's per-step timers are sampled, and still reported
         assert type(runner).__name__ == "LeanEnvRunner"
         assert result["env_runners"]["env_step_timer"] > 0
+        runners = result["env_runners"]
+        assert runners["env_to_module_connector"]["timers"]["connectors"][
+            "latest_observation"] > 0  # from the sampled pipeline calls
+        assert runners["module_to_env_connector"]["connector_pipeline_timer"] > 0
+        # the step counts, added up in the runner and logged when merged, are exact
+        assert runners["num_agent_steps_sampled_lifetime"]["default_agent"] == lifetimes[-1]
+        assert runners["num_module_steps_sampled_lifetime"]["default_policy"] == lifetimes[-1]
+        assert runners["num_env_steps_sampled"] == grown[-1]
+        assert 0 < runners["num_episodes"] < runners["num_episodes_lifetime"]
+        assert runners["num_env_steps_sampled_lifetime_throughput"][
+            "throughput_since_last_reduce"] > 0
     finally:
         algo.stop()
 
