@@ -47,6 +47,14 @@ from trainyard.agents.recurrent import sequence_loss
 
 logger = logging.getLogger(__name__)
 
+# A seeded RLlib process on a CPU-only torch build turns torch's deterministic algorithms on
+# (`ray.rllib.utils.torch_utils.set_torch_seed`), and with them torch fills every new tensor
+# with NaN before use (`fill_uninitialized_memory`): a debugging aid that changes no result of
+# an op that writes its output, and ~2% of a Nature-CNN update here (its activations and
+# gradients are fresh tensors each update). Deterministic algorithms stay on; the fill is off
+# in every process that imports trainyard's modules or learner (driver, runners, learners).
+torch.utils.deterministic.fill_uninitialized_memory = False
+
 
 class LeanDoubleQ:
     """Mixin for RLlib's DQN modules: double Q without a backward pass through next states.

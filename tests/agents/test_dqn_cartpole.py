@@ -77,6 +77,10 @@ def test_learner_builds_the_optimizer_the_spec_names(name):
              "discounts": torch.full((32,), 0.99)}
     LeanUpdate(learner, config)(batch, env_steps=32)
     assert any(not torch.equal(a, b) for a, b in zip(group["params"], before, strict=True))
+    # the seeded learner keeps torch's deterministic algorithms (RLlib turns them on) without
+    # their NaN fill of every new tensor (a debugging aid, ~2% of a Nature-CNN update)
+    assert torch.are_deterministic_algorithms_enabled()
+    assert not torch.utils.deterministic.fill_uninitialized_memory
 
 
 def test_a_job_given_fewer_cores_computes_with_that_many_threads(monkeypatch):
