@@ -256,6 +256,19 @@ def compile_networks(module: torch.nn.Module) -> None:
             child.compile(dynamic=False)
 
 
+def scheduled_epsilon(schedule, t: int) -> float:
+    """RLlib's epsilon at step t as a float, by its own rule (`PiecewiseSchedule`: linear
+    between the points, the last value outside them), so a seeded run's coin tosses do not
+    move. A DQN module's `Scheduler` computes the same and builds a tensor each step to hold
+    it (~2% of a CartPole step)."""
+    if not isinstance(schedule, (list, tuple)):
+        return float(schedule)
+    for (l_t, left), (r_t, right) in zip(schedule[:-1], schedule[1:], strict=True):
+        if l_t <= t < r_t:
+            return left + float(t - l_t) / (r_t - l_t) * (right - left)
+    return float(schedule[-1][-1])
+
+
 class LeanActing:
     """Mixin for RLlib's DQN modules: epsilon-greedy acting without RLlib's per-step costs."""
 
@@ -291,16 +304,7 @@ class LeanActing:
         return {Columns.ACTIONS: actions}
 
     def _epsilon(self, t: int) -> float:
-        """RLlib's epsilon schedule at step t (piecewise linear, its last value after the
-        last point) as a float: the module's `Scheduler` builds a new tensor each step to
-        hold it (~2% of a CartPole step)."""
-        schedule = self.model_config["epsilon"]
-        if not isinstance(schedule, (list, tuple)):
-            return float(schedule)
-        cached = self.__dict__.get("_epsilon_points")
-        if cached is None or cached[0] is not schedule:
-            cached = self.__dict__["_epsilon_points"] = (schedule, *zip(*schedule, strict=True))
-        return float(np.interp(t, cached[1], cached[2]))
+        return scheduled_epsilon(self.model_config["epsilon"], t)
 
     def _mode_free(self) -> bool:
         if getattr(self, "_no_mode_layers", None) is None:

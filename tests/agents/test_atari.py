@@ -246,7 +246,7 @@ def test_the_q_module_acts_epsilon_greedy_without_leaving_train_mode():
     module.model_config["epsilon"] = schedule
     rllib = Scheduler(fixed_value_or_schedule=schedule, framework="torch")
     for t in (0, 1, 500, 999, 1000, 3000, 5000, 10**6):
-        assert module._epsilon(t) == pytest.approx(rllib.update(t), abs=1e-12), t
+        assert module._epsilon(t) == rllib.update(t), t  # the same float: coin tosses keep
 
 
 def test_double_q_training_forward_matches_rllib_without_grad_through_next_obs():
