@@ -30,6 +30,8 @@ from ray.rllib.utils.metrics import (
 )
 from ray.rllib.utils.metrics.metrics_logger import MetricsLogger
 
+from trainyard.agents import rllib_private
+
 TIME_EVERY = 16  # calls per key between two timed ones
 # per-step EMA values (not timers) sampled the same way
 PER_STEP_MEANS = frozenset({ENV_TO_MODULE_SUM_EPISODES_LENGTH_IN,
@@ -134,7 +136,7 @@ class _LeanCounting:
 
     def _make_lean(self) -> None:
         sample_timers(self.metrics)
-        for pipeline in (self._env_to_module, self._module_to_env):
+        for pipeline in rllib_private.connector_pipelines(self):
             if type(pipeline) in _LEAN_PIPELINES:  # RLlib's own class (not a user's)
                 pipeline.__class__ = _LEAN_PIPELINES[type(pipeline)]
         self._sums = _SumsLater(self.metrics)

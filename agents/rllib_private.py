@@ -4,6 +4,11 @@ RLlib 2.60 has no public accessor for these; when a Ray upgrade moves one, the t
 tests/agents/test_lean_dqn.py (test_private_rllib_attributes_are_where_trainyard_reads_them)
 fails with the name of what moved, instead of a run failing somewhere deep in a training
 step.
+
+The lean env runners (`trainyard.agents.lean_runner`) also override two private methods of
+RLlib's single- and multi-agent runners, `_increase_sampled_metrics` (the step counts) and
+`_log_env_steps` (the Prometheus step counter); the same test checks that the runners still
+call them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,11 @@ def local_learner(algo):
 def env_runner_actors(algo) -> list:
     """The remote env runners' actor handles (a restarted actor keeps its handle)."""
     return list(algo.env_runner_group._worker_manager.actors().values())
+
+
+def connector_pipelines(runner) -> tuple:
+    """An env runner's env-to-module and module-to-env connector pipelines."""
+    return runner._env_to_module, runner._module_to_env
 
 
 class WeightCopier:

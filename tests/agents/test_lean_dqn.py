@@ -252,6 +252,16 @@ def test_private_rllib_attributes_are_where_trainyard_reads_them():
     from trainyard.agents import rllib_private
 
     assert "_learner" in LearnerGroup.__init__.__code__.co_names, "LearnerGroup._learner"
+    # the lean runners' overrides are still what RLlib's runners call, and their pipelines
+    # are where the runners keep them
+    from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
+    from ray.rllib.env.single_agent_env_runner import SingleAgentEnvRunner
+
+    for runner in (SingleAgentEnvRunner, MultiAgentEnvRunner):
+        for name in ("_increase_sampled_metrics", "_log_env_steps"):
+            assert name in runner._sample.__code__.co_names, f"{runner.__name__}.{name}"
+        for name in ("_env_to_module", "_module_to_env"):
+            assert name in runner.__init__.__code__.co_names, f"{runner.__name__}.{name}"
     assert "_worker_manager" in EnvRunnerGroup.__init__.__code__.co_names or hasattr(
         EnvRunnerGroup, "_worker_manager"), "EnvRunnerGroup._worker_manager"
     remote = SimpleNamespace(learner_group=SimpleNamespace(_learner=None))
