@@ -295,7 +295,7 @@ class GANTask(SampleQuality, Task):
         gen, disc = nets["generator"], nets["discriminator"]
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         clip, cap = self.spec.train.grad_clip, self.spec.train.steps_per_epoch
-        noise_dim = self.spec.model.noise_dim
+        noise_dim, r1 = self.spec.model.noise_dim, self.spec.model.r1_gamma
         augment = (lambda x: diff_augment(x, rng)) if self.spec.model.diff_augment else \
             (lambda x: x)
         gen.train()
@@ -310,9 +310,16 @@ class GANTask(SampleQuality, Task):
             # discriminator: real and fake batches in separate passes (batch norm sees each
             # alone), each with its own backward
             opt_d.zero_grad(set_to_none=True)
-            d_real = disc(augment(real))
+            seen = augment(real)
+            if r1:
+                seen = seen.detach().requires_grad_(True)
+            d_real = disc(seen)
             loss_real = F.softplus(-d_real).mean()  # -log D(x)
-            loss_real.backward()
+            if r1:  # a discriminator flat around the real images: no overshoot to oscillate
+                grad, = torch.autograd.grad(d_real.sum(), seen, create_graph=True)
+                (loss_real + r1 / 2 * grad.square().flatten(1).sum(1).mean()).backward()
+            else:
+                loss_real.backward()
             d_fake = disc(augment(fake.detach()))
             loss_fake = F.softplus(d_fake).mean()  # -log(1 - D(G(z)))
             loss_fake.backward()

@@ -47,6 +47,9 @@ class GANModel(Section):
                                "2020): every image the discriminator sees, real or generated, "
                                "shifted by up to 1/8 of its side and with a random quarter "
                                "cut out, in both networks' steps; for small datasets")
+    r1_gamma: float = Field(0.0, ge=0, description="R1 penalty (Mescheder et al. 2018): "
+                            "gamma/2 times the squared norm of the discriminator's gradient "
+                            "on real images, added to its loss (0: off)")
 
 
 class _Decoding(Section):

@@ -211,7 +211,7 @@ def test_a_users_mnist_idx_folder_trains_a_generative_model_at_its_own_size(tmp_
         "name": "g", "kind": "supervised",
         "model": {"arch": arch, **({"widths": [8, 16]} if arch == "vae" else
                                    {"generator_widths": [16, 8], "discriminator_widths": [8, 16],
-                                    "ema_decay": 0.9, "diff_augment": True})},
+                                    "ema_decay": 0.9, "diff_augment": True, "r1_gamma": 1.0})},
         "data": {"name": "mnist_idx", "path": str(make_mnist(tmp_path / "mnist", 200, 20))},
         "train": {"batch_size": 8}, "eval": {"samples": 100}})
     data = load_dataset(spec.data, 0, make_task(spec).pixels)
