@@ -76,6 +76,12 @@ def build_config(spec: "RLJob", seed: int):
         .rl_module(model_config=_model_config(agent, DefaultModelConfig))
         .debugging(seed=seed)
     )
+    from trainyard.agents.lean_runner import LeanEnvRunner, LeanMultiAgentEnvRunner
+
+    # RLlib's runners with their per-step timers sampled and their step counts logged when
+    # read: the same metrics, whichever training step runs
+    config.env_runners(env_runner_cls=LeanEnvRunner if spec.selfplay is None
+                       else LeanMultiAgentEnvRunner)
     if is_atari(agent.env):
         _atari(config, agent, lean=uses_lean_step(spec))
     from trainyard.agents.doom import is_doom
@@ -169,17 +175,14 @@ def uses_lean_step(spec: "RLJob") -> bool:
 def _lean(config, spec: "RLJob") -> None:
     from trainyard.agents.envs import is_atari
     from trainyard.agents.lean_dqn import LeanDQN
-    from trainyard.agents.lean_runner import LeanEnvRunner, LeanMultiAgentEnvRunner
 
     agent, res = spec.agent, spec.resources
     config.algo_class = LeanDQN
-    config.env_runners(env_runner_cls=LeanEnvRunner)  # per-step timers sampled
     lanes = res.envs_per_env_runner * max(res.env_runners, 1)
     if spec.selfplay is not None:  # (multi-agent episodes keep RLlib's connectors)
         from trainyard.agents.lean_selfplay import LeanSelfPlay
 
         config.algo_class = LeanSelfPlay
-        config.env_runners(env_runner_cls=LeanMultiAgentEnvRunner)
         lanes = 1  # games are stored whole, one after another, when they end
     elif not is_atari(agent.env):  # (Atari has its own frame-stacking pair)
         from trainyard.agents.atari import ActionsToNumpy

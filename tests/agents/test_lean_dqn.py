@@ -395,3 +395,19 @@ def test_sampled_timers_time_one_call_in_sixteen_and_log_every_count(monkeypatch
     assert results["env_steps"] == calls and results["before"] == 1
     assert results["timers"]["env_step"] >= 0
     assert results[ENV_TO_MODULE_SUM_EPISODES_LENGTH_IN] == 5.0
+
+
+def test_every_dqn_run_samples_with_the_lean_runners_whichever_step_trains():
+    """The lean runners change only what the runner logs and when, so RLlib's own step
+    (prioritized replay here), recurrent and Doom runs get them too; self-play the
+    multi-agent one."""
+    from conftest import CARTPOLE, REPO
+    from trainyard.agents.lean_runner import LeanEnvRunner, LeanMultiAgentEnvRunner
+    from trainyard.agents.rl_config import build_config, uses_lean_step
+    from trainyard.loader import load_spec
+
+    rllib_step = load_spec(CARTPOLE, ["agent.prioritized_replay=true"]).spec
+    assert not uses_lean_step(rllib_step)
+    assert build_config(rllib_step, 0).env_runner_cls is LeanEnvRunner
+    league = load_spec(REPO / "agents" / "configs" / "selfplay_tictactoe.yaml").spec
+    assert build_config(league, 0).env_runner_cls is LeanMultiAgentEnvRunner
