@@ -39,12 +39,19 @@ class QSearch:
 
     def observation(self, board: np.ndarray) -> np.ndarray:
         """The planes the network sees for the player to move on `board` (+1 its pieces)."""
-        targets = np.zeros(board.size, np.float32)
-        for action in self.rules.legal(board):
-            targets[self.rules.target(board, action)] = 1.0
-        shape = (self.info.rows, self.info.cols)
-        return np.stack([(board == 1).reshape(shape), (board == -1).reshape(shape),
-                         targets.reshape(shape)], axis=-1).astype(np.float32)
+        return self.planes(board[None])[0]
+
+    def planes(self, boards: np.ndarray) -> np.ndarray:
+        """`observation` of a batch of boards (N, cells) in one go: a depth-4 search in
+        Connect Four has up to 2,401 leaves, and building their planes one at a time in
+        Python took about half as long as the network's forward pass over all of them."""
+        info = self.info
+        grid = boards.reshape(-1, info.rows, info.cols)
+        free = grid == 0
+        targets = free.copy()
+        if info.gravity:  # a column's lowest free cell: row 0, or a piece under it
+            targets[:, 1:] &= ~free[:, :-1]
+        return np.stack([grid == 1, grid == -1, targets], axis=-1).astype(np.float32)
 
     def act(self, obs: np.ndarray, mask: np.ndarray) -> int:
         scores = self.scores(self.rules.board(obs))
@@ -58,7 +65,7 @@ class QSearch:
                 for a in self.rules.legal(board)}
         leaf_values = np.zeros(0)
         if leaves:
-            planes = np.stack([self.observation(b) for b in leaves])
+            planes = self.planes(np.stack(leaves))
             q = np.asarray(self.values(planes), np.float64)
             legal = legal_mask(planes, self.info.num_actions) > 0  # read off plane 2
             leaf_values = np.where(legal, q, -np.inf).max(axis=1)

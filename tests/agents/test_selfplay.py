@@ -17,6 +17,7 @@ from trainyard.agents.games import (
     play_game,
     reference_player,
 )
+from trainyard.agents.qsearch import QSearch
 
 C4, TTT = GAMES["connect_four"], GAMES["tic_tac_toe"]
 
@@ -30,15 +31,18 @@ def _match(info, moves):
 
 @pytest.mark.parametrize("info", [C4, TTT], ids=lambda i: i.name)
 def test_our_rules_agree_with_openspiel_on_random_games(info):
-    """The search's model of the game (legal moves, wins) matches OpenSpiel's at every
-    position of 200 random games."""
+    """The search's model of the game (legal moves, wins, the planes its leaves show the
+    network) matches OpenSpiel's at every position of 200 random games."""
     rules, rng = Rules(info), np.random.default_rng(0)
+    search = QSearch(info, 1, lambda planes: np.zeros((len(planes), info.num_actions)))
     positions = 0
     for _ in range(200):
         match = Match(info)
         while not match.over:
-            board = rules.board(match.observation(match.to_move))
+            seen = match.observation(match.to_move)
+            board = rules.board(seen)
             assert rules.legal(board) == match.legal()
+            np.testing.assert_array_equal(search.observation(board), seen)
             action = int(rng.choice(match.legal()))
             cell = rules.target(board, action)
             board[cell] = 1
