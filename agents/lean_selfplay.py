@@ -15,6 +15,7 @@ episodes; n-step returns stop at the game's end, so `n_step` > 1 loses no move.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from trainyard.agents.elo import MAIN
@@ -22,12 +23,11 @@ from trainyard.agents.lean_dqn import LeanDQN
 
 
 class FinishedGames:
-    """Chunks of games in, the agent episodes of `main` in every game that ended out (both
-    sides when `main` played itself). A game's chunks are joined with RLlib's own
-    `concat_episode` until it ends."""
+    """Chunks of games in, the games that ended out (RLlib's `MultiAgentEpisode`s). A game's
+    chunks are joined with RLlib's own `concat_episode` until it ends."""
 
-    def __init__(self, learner: str = MAIN, max_running: int = 4096):
-        self.learner, self.max_running = learner, max_running
+    def __init__(self, max_running: int = 4096):
+        self.max_running = max_running
         self.running: dict[str, object] = {}  # game id -> its chunks so far, joined
 
     def __call__(self, chunks) -> list:
@@ -44,18 +44,52 @@ class FinishedGames:
                 self.running[chunk.id_] = game
         while len(self.running) > self.max_running:  # games of a lost remote runner never
             del self.running[next(iter(self.running))]  # end: forget the longest unseen
-        return [game.agent_episodes[agent] for game in finished
-                for agent in game.agent_episodes if game.module_for(agent) == self.learner]
+        return finished
+
+
+def learner_sides(games, learner: str = MAIN) -> list:
+    """The agent episodes `learner` played in `games` (both sides when it played itself)."""
+    return [game.agent_episodes[agent] for game in games
+            for agent in game.agent_episodes if game.module_for(agent) == learner]
+
+
+def both_sides(game):
+    """A finished two-player game as one `SingleAgentEpisode` of all its plies in order: each
+    board from the side to move, its move; the last move's reward is its mover's return (a
+    move cannot lose the game for its mover), every other reward 0. The final observation is
+    the finished board from the side that did not make the last move."""
+    from ray.rllib.env.single_agent_episode import SingleAgentEpisode
+
+    sides = list(game.agent_episodes.values())
+    # the side that moved first saw fewer pieces on its first board (openings included)
+    sides.sort(key=lambda side: float(np.asarray(side.get_observations(0))[..., :2].sum()))
+    first, second = sides
+    moves = [len(side.get_actions()) for side in sides]
+    boards, actions = [], []
+    for i in range(moves[0]):
+        for side, count in ((first, moves[0]), (second, moves[1])):
+            if i < count:
+                boards.append(side.get_observations(i))
+                actions.append(int(side.get_actions(i)))
+    last_mover = first if len(actions) % 2 else second
+    other = second if last_mover is first else first
+    rewards = [0.0] * len(actions)
+    rewards[-1] = float(last_mover.get_return())
+    return SingleAgentEpisode(observations=[*boards, other.get_observations(-1)],
+                              actions=actions, rewards=rewards, terminated=True,
+                              len_lookback_buffer=0)
 
 
 class LeanSelfPlay(LeanDQN):
-    """`LeanDQN` for a league: replays and trains `main` only (frozen snapshots and reference
-    opponents play, never learn). Reads `board_symmetries` from `learner_config_dict`."""
+    """`LeanDQN` for a league: trains `main` only (frozen snapshots and reference opponents
+    play, never learn). Reads `board_symmetries` and `negamax` from `learner_config_dict`;
+    with `negamax` the replay's discount is already negative (see the module's docstring)."""
 
     def setup(self, config) -> None:
         super().setup(config)
         self._module_id = MAIN
-        self._games = FinishedGames(MAIN)
+        self._games = FinishedGames()
+        self._negamax = bool(config.learner_config_dict.get("negamax"))
         self._tables = None
         symmetries = config.learner_config_dict.get("board_symmetries")
         if symmetries:
@@ -66,7 +100,8 @@ class LeanSelfPlay(LeanDQN):
                                             symmetries["mirror"], symmetries["rotations"])
 
     def _replayed(self, episodes) -> list:
-        return self._games(episodes)
+        games = self._games(episodes)
+        return [both_sides(g) for g in games] if self._negamax else learner_sides(games)
 
     def _augmented(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self._tables is None:

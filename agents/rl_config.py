@@ -179,11 +179,16 @@ def _lean(config, spec: "RLJob") -> None:
     agent, res = spec.agent, spec.resources
     config.algo_class = LeanDQN
     lanes = res.envs_per_env_runner * max(res.env_runners, 1)
+    gamma = agent.gamma
     if spec.selfplay is not None:  # (multi-agent episodes keep RLlib's connectors)
         from trainyard.agents.lean_selfplay import LeanSelfPlay
 
         config.algo_class = LeanSelfPlay
         lanes = 1  # games are stored whole, one after another, when they end
+        # negamax: a transition's next board is the opponent's (trainyard.agents.lean_selfplay)
+        negamax = spec.selfplay.targets == "negamax"
+        config.learner_config_dict["negamax"] = negamax
+        gamma = -agent.gamma if negamax else agent.gamma
     elif not is_atari(agent.env):  # (Atari has its own frame-stacking pair)
         from trainyard.agents.atari import ActionsToNumpy
         from trainyard.agents.learner import LatestObservation
@@ -201,7 +206,7 @@ def _lean(config, spec: "RLJob") -> None:
                      # Atari's episodes hold single frames (stacked by a connector for
                      # acting); other envs' hold what the Q-network takes
                      "num_frames": agent.atari.frame_stack if is_atari(agent.env) else 1,
-                     "n_step": agent.n_step, "gamma": agent.gamma,
+                     "n_step": agent.n_step, "gamma": gamma,
                      "lanes": lanes})
 
 

@@ -299,9 +299,15 @@ class RLJob(JobBase):
             if not info.turns:
                 raise ValueError(f"selfplay.rotations: {info.name} has no rotational symmetry "
                                  "(pieces fall down the columns); use selfplay.mirror alone")
-        if self.selfplay is not None and self.agent.n_step > 1:
+        if self.selfplay is not None and (self.agent.n_step > 1
+                                          or self.selfplay.targets == "negamax"):
             from trainyard.agents.rl_config import uses_lean_step
 
+            if not uses_lean_step(self) and self.selfplay.targets == "negamax":
+                raise ValueError(
+                    "selfplay.targets: negamax replays whole games on trainyard's lean step; "
+                    "use uniform replay (agent.prioritized_replay: false, agent.lean_step: "
+                    "true) or selfplay.targets: opponent")
             if not uses_lean_step(self):
                 raise ValueError(
                     f"agent.n_step: {self.agent.n_step} with self-play on RLlib's own step "

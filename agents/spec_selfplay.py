@@ -17,6 +17,12 @@ class SelfPlay(Section):
         ["random", "alphabeta:2"], min_length=1,
         description="fixed reference opponents: random (the Elo anchor, rated 0) and "
         "alphabeta:<depth> (a depth-limited alpha-beta search)")
+    targets: Literal["opponent", "negamax"] = Field(
+        "opponent", description="what a move's Q-value bootstraps from: opponent (main's "
+        "next board, after the opponent's reply: the value of beating the training pool) or "
+        "negamax (every ply of every game, both sides, each from the side to move; the next "
+        "board's value is the opponent's, so the target is -gamma * max Q(next): the value "
+        "under both sides' best play, whoever played the game; needs the lean step)")
     sampling: Literal["pfsp", "pfsp_even", "uniform"] = Field(
         "pfsp", description="how main's opponents are drawn from the pool: pfsp (prioritized "
         "fictitious self-play: more games against the opponents it loses to), pfsp_even "

@@ -21,7 +21,7 @@ def played():
     from conftest import REPO
     from trainyard.agents.env_factory import make_env_creator
     from trainyard.agents.frame_replay import FrameReplay
-    from trainyard.agents.lean_selfplay import FinishedGames
+    from trainyard.agents.lean_selfplay import FinishedGames, learner_sides
     from trainyard.agents.rl_config import build_config
     from trainyard.loader import load_spec
 
@@ -31,13 +31,15 @@ def played():
     assert config.algo_class.__name__ == "LeanSelfPlay"
     runner = MultiAgentEnvRunner(config=config)
     replay = FrameReplay(**config.learner_config_dict["lean_replay"], seed=0)
-    games, chunks = FinishedGames(), []
+    games, chunks, finished = FinishedGames(), [], []
     for _ in range(50):
         chunk = runner.sample()
         chunks += chunk
-        replay.add(games(chunk))
+        ended = games(chunk)
+        finished += ended
+        replay.add(learner_sides(ended))
     runner.stop()
-    return config, replay, chunks, games
+    return config, replay, chunks, games, finished
 
 
 def _all_transitions(replay) -> dict[str, torch.Tensor]:
@@ -53,7 +55,7 @@ def test_the_replay_holds_every_move_main_made_as_main_saw_it(played):
     after the opponent's reply (or the final board); every move of a finished game starts a
     3-step transition (RLlib's multi-agent replay skipped a game's last n-1), and each
     finished side of `main` has exactly one last move."""
-    config, replay, chunks, games = played
+    config, replay, chunks, games, _ = played
     batch, count = _all_transitions(replay)
     ended = {chunk.id_: chunk for chunk in chunks if chunk.is_done}  # (joined ones too)
     mains = sum(1 for game in ended.values()
@@ -87,7 +89,7 @@ def test_the_lean_update_on_masked_boards_gives_rllibs_loss_and_gradients(played
     from trainyard.agents.lean_dqn import LeanUpdate
     from trainyard.agents.selfplay import GameEnv
 
-    config, replay, _, _ = played
+    config, replay, _, _, _ = played
     config = config.copy(copy_frozen=False)
     config.learner_config_dict["value_bound"] = value_bound
     torch.manual_seed(0)
@@ -122,6 +124,63 @@ def test_the_lean_update_on_masked_boards_gives_rllibs_loss_and_gradients(played
     assert lean_grads.keys() == rllib_grads.keys() and len(lean_grads) >= 4
     for name, grad in lean_grads.items():
         assert torch.allclose(grad, rllib_grads[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_negamax_targets_replay_every_ply_of_both_sides_from_the_mover(played):
+    """`selfplay.targets: negamax`: the same games stored as every ply, each board from the
+    side to move, its next board the opponent's (the mover's stone on the opponent's plane),
+    and n-step returns whose sign alternates with the mover: a game's last move is worth its
+    mover's result (1 or 0, never a loss), and -gamma for the move before it."""
+    from conftest import REPO
+    from trainyard.agents.frame_replay import FrameReplay
+    from trainyard.agents.lean_selfplay import both_sides
+    from trainyard.agents.rl_config import build_config
+    from trainyard.loader import load_spec
+
+    _, _, _, _, finished = played
+    spec = load_spec(REPO / TTT_JOB, ["agent.n_step=3", "selfplay.targets=negamax"]).spec
+    config = build_config(spec, 0)
+    settings = config.learner_config_dict
+    assert settings["negamax"] and settings["lean_replay"]["gamma"] == -spec.agent.gamma
+    replay = FrameReplay(**settings["lean_replay"], seed=0)
+    replay.add([both_sides(game) for game in finished])
+    plies = sum(len(side.get_actions()) for game in finished
+                for side in game.agent_episodes.values())
+    batch, count = _all_transitions(replay)
+    assert count == replay.added == plies > 1000
+    obs, nxt = batch["obs"].reshape(count, 9, 3), batch["next_obs"].reshape(count, 9, 3)
+    actions, steps, rows = batch["actions"], batch["n_step"], torch.arange(count)
+    assert bool((obs[rows, actions, 2] == 1).all())  # a legal move
+    own, other = obs[..., 0].sum(1), obs[..., 1].sum(1)
+    assert bool(((other - own >= 0) & (other - own <= 1)).all())  # the mover's side
+    terminal = batch["discounts"] == 0
+    open_ = ~terminal & (steps == 3)  # 3 plies on: the opponent's board, 2 of its stones on
+    assert int(open_.sum()) > 500
+    assert torch.equal(nxt[open_, :, 0].sum(1), other[open_] + 1)
+    assert torch.equal(nxt[open_, :, 1].sum(1), own[open_] + 2)
+    one_step = FrameReplay(**{**settings["lean_replay"], "n_step": 1}, seed=0)
+    one_step.add([both_sides(game) for game in finished])
+    single, n = _all_transitions(one_step)
+    obs, nxt = single["obs"].reshape(n, 9, 3), single["next_obs"].reshape(n, 9, 3)
+    moved = obs[..., 0].clone()  # the next board: the opponent's side, the move on it
+    moved[torch.arange(n), single["actions"]] = 1
+    assert n == plies and torch.equal(nxt[..., 1], moved) and torch.equal(nxt[..., 0],
+                                                                          obs[..., 1])
+    assert bool((batch["discounts"][~terminal] == (-spec.agent.gamma) ** steps[~terminal]).all())
+    assert int((terminal & (steps == 1)).sum()) == len(finished)  # each game's last move
+    outcome = batch["rewards"][terminal] / (-spec.agent.gamma) ** (steps[terminal] - 1)
+    assert set(outcome.round(decimals=4).tolist()) == {0.0, 1.0}
+    assert float(batch["rewards"][terminal & (steps == 2)].max()) == pytest.approx(0.0)
+    assert float(batch["rewards"][terminal & (steps == 2)].min()) == pytest.approx(
+        -spec.agent.gamma)
+
+
+def test_negamax_targets_need_the_lean_step():
+    from conftest import REPO
+    from trainyard.loader import SpecError, load_spec
+
+    with pytest.raises(SpecError, match="selfplay.targets: negamax"):
+        load_spec(REPO / TTT_JOB, ["selfplay.targets=negamax", "agent.lean_step=false"])
 
 
 def test_an_empty_replay_says_so_when_sampled():

@@ -4,7 +4,9 @@ replay and learner connectors), same config, same seed, one after the other in o
 
 Moves (env steps) per second of `algo.train()`, counted from 500 moves after learning starts
 (2,000 moves here instead of the configs' 5,000 / 2,000, so the measurement starts sooner;
-the update, the replay ratio and the opponents are the shipped ones). Prints one line:
+the update, the replay ratio and the opponents are the shipped ones; both steps bootstrap from
+main's next board, `selfplay.targets: opponent`, since RLlib's step has no negamax targets).
+Prints one line:
 
     selfplay: connect_four lean 180 vs RLlib's step 144 moves/s (1.25x) | tic_tac_toe ...
 
@@ -34,7 +36,8 @@ def rate(game: str, lean: bool, seconds: float) -> float:
     quiet_rllib()
     spec = load_spec(os.path.join(REPO, CONFIGS[game]),
                      [f"agent.learning_starts={LEARNING_STARTS}",
-                      f"agent.lean_step={str(lean).lower()}"]).spec
+                      f"agent.lean_step={str(lean).lower()}",
+                      "selfplay.targets=opponent"]).spec
     register_env(spec.agent.env, make_env_creator(spec.agent))
     algo = build_config(spec, 0).build_algo()
     try:
