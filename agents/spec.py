@@ -303,12 +303,12 @@ class RLJob(JobBase):
                                           or self.selfplay.targets == "negamax"):
             from trainyard.agents.rl_config import uses_lean_step
 
-            if not uses_lean_step(self) and self.selfplay.targets == "negamax":
-                raise ValueError(
-                    "selfplay.targets: negamax replays whole games on trainyard's lean step; "
-                    "use uniform replay (agent.prioritized_replay: false, agent.lean_step: "
-                    "true) or selfplay.targets: opponent")
             if not uses_lean_step(self):
+                if self.selfplay.targets == "negamax":
+                    raise ValueError(
+                        "selfplay.targets: negamax replays whole games on trainyard's lean "
+                        "step; use uniform replay (agent.prioritized_replay: false, "
+                        "agent.lean_step: true) or selfplay.targets: opponent")
                 raise ValueError(
                     f"agent.n_step: {self.agent.n_step} with self-play on RLlib's own step "
                     "(prioritized replay or agent.lean_step: false): its multi-agent replay "
