@@ -5,7 +5,7 @@
     trainyard sweep JOB.yaml [-o ...] [--address ...]
     trainyard resume RUN_ID [--address ...]
     trainyard eval RUN_ID [--episodes N] [--epsilon E] [--video [GIF]] [--opponent NAME]
-                         [--search-depth N]
+                         [--search-depth N] [--opening-plies N]
     trainyard play RUN_ID [--second]
     trainyard translate RUN_ID TEXT [--beam N] | sample RUN_ID [--n 64] [--out grid.png]
     trainyard submit JOB.yaml [-o ...] --address http://HEAD:8265 [--follow]
@@ -234,13 +234,16 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if isinstance(found, int):
         return found
     spec, info, evaluate = found
+    for flag, value, top in (("--search-depth", args.search_depth, 4),
+                             ("--opening-plies", args.opening_plies, 8)):
+        if value is not None and getattr(spec, "selfplay", None) is None:
+            return _fail(f"{flag} is for two-player games (agent.env OpenSpiel/...)", BAD_INPUT)
+        if value is not None and not 0 <= value <= top:
+            return _fail(f"{flag} must be between 0 and {top}", BAD_INPUT)
     if args.search_depth is not None:
-        if getattr(spec, "selfplay", None) is None:
-            return _fail("--search-depth is for two-player games (agent.env OpenSpiel/...)",
-                         BAD_INPUT)
-        if not 0 <= args.search_depth <= 4:
-            return _fail("--search-depth must be between 0 and 4", BAD_INPUT)
         spec.agent.play_search_depth = args.search_depth
+    if args.opening_plies is not None:
+        spec.evaluation.opening_plies = args.opening_plies
     runs.vet_checkpoints(info)
     video = None if args.video is None else Path(args.video or f"eval-{args.run_id}.gif")
     with launcher.ray_session(args.address, spec.resources.cpus, None, _preloads(spec)):

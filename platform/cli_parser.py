@@ -103,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
                    help="two-player games: the agent looks N plies ahead, its network scoring "
                    "the leaves (default: the job's agent.play_search_depth; 0: the raw "
                    "network)")
+    p.add_argument("--opening-plies", type=int, default=None, metavar="N",
+                   help="two-player games: start each game after N seeded random moves "
+                   "(default: the job's evaluation.opening_plies; 0: the empty board)")
     p.add_argument("--tracking-uri", default=None)
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"))
 

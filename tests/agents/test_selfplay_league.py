@@ -149,6 +149,11 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
     assert main(["eval", rid, "--opponent", "random", "--episodes", "10"]) == 0
     out = capsys.readouterr().out
     assert "against random: 10 games (first move alternating): won" in out
+    assert "from 5 openings of 2 moves" in out
+    assert main(["eval", rid, "--opponent", "random", "--episodes", "4",
+                 "--opening-plies", "0"]) == 0
+    assert "4 games (first move alternating)" in (out := capsys.readouterr().out)
+    assert "from the empty board" in out, out
     assert main(["eval", rid, "--opponent", "minimax:3"]) == 2
     assert "--opponent: unknown opponent 'minimax:3'" in capsys.readouterr().err
 
