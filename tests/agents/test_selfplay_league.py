@@ -121,7 +121,7 @@ def test_tictactoe_league_learns_resumes_rates_and_plays(workdir, store_uri, cap
     assert steps == sorted(set(steps)) and steps[-1] >= TTT_STEPS
 
     metrics = run.data.metrics
-    # held out, from the openings (the shipped config, seed 0, 4 December): the mean result
+    # held out, from the openings (seed 0, 4 December, before negamax targets): the mean result
     # (win 1, draw 0, loss -1) over 200 games went from -0.72 at 5k moves to -0.31 at 20k;
     # losses to mcts:10 from 69% to 35%
     returns = [m.value for m in sorted(client.get_metric_history(rid, "eval/return_mean"),
