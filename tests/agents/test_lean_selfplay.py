@@ -13,8 +13,9 @@ TTT_JOB = "agents/configs/selfplay_tictactoe.yaml"
 
 @pytest.fixture(scope="module")
 def played():
-    """The shipped tic-tac-toe league's config (3-step returns) and a replay filled from ~250
-    games its env runner played (epsilon 1: random moves, every opponent of the pool)."""
+    """The shipped tic-tac-toe league's config (3-step returns, targets from main's side: the
+    ones RLlib's learner computes) and a replay filled from ~250 games its env runner played
+    (epsilon 1: random moves, every opponent of the pool)."""
     from ray.rllib.env.multi_agent_env_runner import MultiAgentEnvRunner
     from ray.tune.registry import register_env
 
@@ -25,7 +26,7 @@ def played():
     from trainyard.agents.rl_config import build_config
     from trainyard.loader import load_spec
 
-    spec = load_spec(REPO / TTT_JOB, ["agent.n_step=3"]).spec
+    spec = load_spec(REPO / TTT_JOB, ["agent.n_step=3", "selfplay.targets=opponent"]).spec
     register_env(spec.agent.env, make_env_creator(spec.agent))
     config = build_config(spec, 0)
     assert config.algo_class.__name__ == "LeanSelfPlay"
