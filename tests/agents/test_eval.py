@@ -20,8 +20,6 @@ def test_eval_of_unknown_run_or_supervised_run_exits_2(workdir, store_uri, capsy
     assert main(["eval", ref.run_id, "--episodes", "0", "--tracking-uri", store_uri]) == 2
 
 
-
-
 def test_two_player_flags_are_refused_where_they_cannot_apply(workdir, store_uri, capsys):
     """Checked before anything loads: a flag for games on a CartPole run, a depth or an
     opening length out of range, each naming the flag."""
