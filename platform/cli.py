@@ -46,12 +46,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _preloads(spec) -> tuple[str, ...]:
-    """What a command that trains or plays `spec` imports once Ray is up: MLflow's store and
-    the workload's own modules (loaded while Ray starts, see launcher.ray_session)."""
+def _preloads(spec) -> tuple:
+    """What a command that trains or plays `spec` needs once Ray is up: MLflow's store, opened
+    (a fresh one migrated), and the workload's own modules; readied while Ray starts (see
+    launcher.ray_session)."""
+    import functools
+
     from trainyard import tracking
 
-    return (*tracking.PRELOAD, *get_workload(spec.kind).preload)
+    store = functools.partial(tracking.store_client, tracking.resolve_uri(spec.tracking.uri))
+    return (*tracking.PRELOAD, store, *get_workload(spec.kind).preload)
 
 
 def _shared_storage(loaded, address, allow: bool) -> None:

@@ -46,6 +46,7 @@ def _free_port() -> int:
 VERBOSE = False
 LAUNCHED_AT: float | None = None  # when the command started (perf/startup_s counts from it)
 JOINED = False  # this process joined a cluster (--address): its workers' logs are elsewhere
+EMBEDDED = False  # this process started the Ray it uses, here; that Ray ends with the process
 
 
 def session_logs() -> Path | None:
@@ -60,19 +61,20 @@ def session_logs() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _preload(modules: tuple[str, ...]) -> None:
-    """Import `modules` in a background thread. Starting Ray is mostly waiting (for the GCS,
-    the raylet, the dashboard to come up) and the imports a run needs next (torch, MLflow's
-    store, the engine) are mostly CPU, so they go side by side; the main thread's own import
-    of a module still loading waits for it under Python's import lock."""
+def _preload(items: tuple) -> None:
+    """Import `items` (module names) or call them (functions) in a background thread, in order.
+    Starting Ray is mostly waiting (for the GCS, the raylet, the dashboard to come up) and the
+    imports a run needs next (torch, MLflow's store, the engine) are mostly CPU, so they go side
+    by side; the main thread's own import of a module still loading waits for it under Python's
+    import lock, and its own call of a function still running repeats it."""
     import importlib
     import threading
 
     def load() -> None:
-        for name in modules:
+        for item in items:
             try:
-                importlib.import_module(name)
-            except Exception:  # noqa: BLE001 - the main thread's own import reports it
+                item() if callable(item) else importlib.import_module(item)
+            except Exception:  # noqa: BLE001 - the main thread's own import or call reports it
                 return
 
     threading.Thread(target=load, name="trainyard-preload", daemon=True).start()
@@ -85,16 +87,17 @@ class ResourceError(RuntimeError):
 @contextmanager
 def ray_session(address: str | None = None, cpus: int | None = None,
                 dashboard_port: int | None = None,
-                preload: tuple[str, ...] = ()) -> Iterator[dict[str, float]]:
+                preload: tuple = ()) -> Iterator[dict[str, float]]:
     """Start (or join) Ray for the length of the block; yields the cluster's resources.
-    `preload`: modules the block will import, loaded while Ray starts (see _preload)."""
+    `preload`: modules the block will import and functions it will call, readied while Ray
+    starts (see _preload)."""
     import ray
 
     if ray.is_initialized():  # an embedding program (a test, a notebook) already started it
         yield dict(ray.cluster_resources())
         return
     _preload(preload)
-    global JOINED
+    global JOINED, EMBEDDED
     JOINED = bool(address)
     # On a cluster the workers' logs stay on their nodes, so they stream here as before.
     kwargs: dict = {"log_to_driver": VERBOSE or bool(address), "configure_logging": True,
@@ -158,10 +161,12 @@ def ray_session(address: str | None = None, cpus: int | None = None,
     finally:
         if not users_port:  # ours was for this start only
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
+    EMBEDDED = not address
     try:
         yield dict(ray.cluster_resources())
     finally:
         ray.shutdown()
+        EMBEDDED = False
         if auth_before is None:  # (Ray may also have written it)
             os.environ.pop("RAY_AUTH_MODE", None)
 

@@ -42,7 +42,7 @@ def _quiet() -> None:  # MLflow logs its store migrations at INFO; its import se
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 
-def _client(uri: str) -> MlflowClient:
+def store_client(uri: str) -> MlflowClient:
     """An MlflowClient for `uri`.
 
     The first time a process opens a local sqlite store it does so under a lock file beside
@@ -125,7 +125,7 @@ def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
              params: dict[str, Any], job_yaml: str, description: str = "") -> RunRef:
     """Create a run with its tags, params and the resolved job.yaml; return its reference."""
     from mlflow.entities import Param
-    client = _client(uri)
+    client = store_client(uri)
     experiment_id = _experiment_id(client, experiment, uri)
     all_tags = {
         "mlflow.source.name": "trainyard", "mlflow.user": getpass.getuser(),
@@ -146,20 +146,20 @@ def open_run(uri: str, experiment: str, run_name: str, tags: dict[str, str],
 
 
 def log_text(ref: RunRef, text: str, artifact_file: str) -> None:
-    _client(ref.uri).log_text(ref.run_id, text, artifact_file)
+    store_client(ref.uri).log_text(ref.run_id, text, artifact_file)
 
 
 def log_artifact(ref: RunRef, path: str | Path, artifact_path: str | None = None) -> None:
-    _client(ref.uri).log_artifact(ref.run_id, str(path), artifact_path)
+    store_client(ref.uri).log_artifact(ref.run_id, str(path), artifact_path)
 
 
 def log_artifacts(ref: RunRef, folder: str | Path, artifact_path: str | None = None) -> None:
-    _client(ref.uri).log_artifacts(ref.run_id, str(folder), artifact_path)
+    store_client(ref.uri).log_artifacts(ref.run_id, str(folder), artifact_path)
 
 
 def log_image(ref: RunRef, image: Any, key: str, step: int) -> None:
     """An image (H, W[, 3] uint8) under `key` at `step`: the UI shows it on a step slider."""
-    _client(ref.uri).log_image(ref.run_id, image, key=key, step=step, synchronous=True)
+    store_client(ref.uri).log_image(ref.run_id, image, key=key, step=step, synchronous=True)
 
 
 def log_torch_model(ref: RunRef, model: Any, input_example: Any,
@@ -186,7 +186,7 @@ def log_torch_model(ref: RunRef, model: Any, input_example: Any,
                                   input_example=input_example, pip_requirements=requirements)
         log_artifacts(ref, path, "model")
     if register_as:
-        client = _client(ref.uri)
+        client = store_client(ref.uri)
         try:
             client.create_registered_model(register_as)
         except mlflow.exceptions.MlflowException:
@@ -205,13 +205,13 @@ def download(ref: RunRef, artifact_path: str, dst: str | Path) -> str:
 
 def set_tags(ref: RunRef, tags: dict[str, str]) -> None:
     from mlflow.entities import RunTag
-    client = _client(ref.uri)
+    client = store_client(ref.uri)
     client.log_batch(ref.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
 
 def reopen_run(ref: RunRef) -> None:
     """Mark a stopped run as running again (resume)."""
-    _client(ref.uri).update_run(ref.run_id, status="RUNNING")
+    store_client(ref.uri).update_run(ref.run_id, status="RUNNING")
 
 
 def close_run(ref: RunRef, status: str, curves_of: list[str] | None = None) -> None:
@@ -221,21 +221,21 @@ def close_run(ref: RunRef, status: str, curves_of: list[str] | None = None) -> N
             _log_learning_curves(ref, curves_of)
         except Exception as err:  # a missing plot must not lose the run's status
             print(f"warning: could not draw the learning curves: {err}", file=sys.stderr)
-    _client(ref.uri).set_terminated(ref.run_id, status=status)
+    store_client(ref.uri).set_terminated(ref.run_id, status=status)
 
 
 def set_status(ref: RunRef, status: str) -> None:
     """Set a run's final status (FINISHED | FAILED | KILLED) without touching its artifacts."""
-    _client(ref.uri).set_terminated(ref.run_id, status=status)
+    store_client(ref.uri).set_terminated(ref.run_id, status=status)
 
 
 def get_tags(ref: RunRef) -> dict[str, str]:
-    return dict(_client(ref.uri).get_run(ref.run_id).data.tags)
+    return dict(store_client(ref.uri).get_run(ref.run_id).data.tags)
 
 
 def find_runs(uri: str, experiment: str, tags: dict[str, str]) -> list[RunRef]:
     """Runs of an experiment carrying all these tags, newest first."""
-    client = _client(uri)
+    client = store_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
@@ -263,7 +263,7 @@ def _no_progress_bar():
 def run_info(ref: RunRef) -> dict[str, Any]:
     """What resume needs: the run's tags, status, and its resolved job.yaml text."""
     import mlflow.artifacts
-    client = _client(ref.uri)
+    client = store_client(ref.uri)
     run = client.get_run(ref.run_id)
     # one small file: MLflow's progress bar would be the only output of a one-line refusal
     with tempfile.TemporaryDirectory() as tmp, _no_progress_bar():
@@ -276,7 +276,7 @@ def run_info(ref: RunRef) -> dict[str, Any]:
 
 def last_steps(ref: RunRef) -> dict[str, int]:
     """The last step logged for each metric of a run (so a resumed run does not repeat)."""
-    client = _client(ref.uri)
+    client = store_client(ref.uri)
     run = client.get_run(ref.run_id)
     return {key: max(m.step for m in client.get_metric_history(ref.run_id, key))
             for key in run.data.metrics}
@@ -284,12 +284,12 @@ def last_steps(ref: RunRef) -> dict[str, int]:
 
 def latest_metrics(ref: RunRef) -> dict[str, float]:
     """The last value of every metric of a run."""
-    return dict(_client(ref.uri).get_run(ref.run_id).data.metrics)
+    return dict(store_client(ref.uri).get_run(ref.run_id).data.metrics)
 
 
 def metric_history(ref: RunRef, key: str) -> list[tuple[int, float]]:
     """(step, value) pairs of one metric, in step order."""
-    history = _client(ref.uri).get_metric_history(ref.run_id, key)
+    history = store_client(ref.uri).get_metric_history(ref.run_id, key)
     return sorted((m.step, m.value) for m in history)
 
 
@@ -307,7 +307,7 @@ def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _run_dict(_client(uri).get_run(run_id))
+        return _run_dict(store_client(uri).get_run(run_id))
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
@@ -317,7 +317,7 @@ def find_run(uri: str, run_id: str) -> dict[str, Any] | None:
 def search_runs(uri: str, experiment: str) -> list[dict[str, Any]] | None:
     """The active runs of an experiment (as `find_run` gives them), oldest first; None when
     the store has no experiment of that name."""
-    client = _client(uri)
+    client = store_client(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return None
@@ -333,7 +333,7 @@ def search_runs(uri: str, experiment: str) -> list[dict[str, Any]] | None:
 
 def experiment_names(uri: str) -> list[str]:
     """Names of the store's active experiments (for error messages)."""
-    return sorted(e.name for e in _client(uri).search_experiments())
+    return sorted(e.name for e in store_client(uri).search_experiments())
 
 
 class SystemMetrics:
@@ -371,7 +371,7 @@ class RunLogger:
 
     def __init__(self, ref: RunRef, skip_through: dict[str, int] | None = None):
         self.ref = ref
-        self.client = _client(ref.uri)
+        self.client = store_client(ref.uri)
         self.skip_through = dict(skip_through or {})
 
     def log(self, metrics: dict[str, float], step: int) -> None:

@@ -9,7 +9,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainyard import tracking
+from trainyard import launcher, tracking
 from trainyard.spec import UserInputError
 
 if TYPE_CHECKING:
@@ -27,7 +27,6 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
         RunConfig,
         ScalingConfig,
     )
-    from ray.train.torch import TorchTrainer
 
     from trainyard.supervised.data import StreamedTrain
     from trainyard.supervised.train_loop import train_loop
@@ -42,7 +41,10 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
     per_worker = {"CPU": res.cpus_per_worker, **res.custom}
     if res.use_gpu:
         per_worker["GPU"] = res.gpus_per_worker
-    return TorchTrainer(
+    # A sweep trial's Train run can be stopped by Tune killing its controller, and only the
+    # cleaner then frees the workers' placement group for the next trial.
+    lean = _lean_trainer(keep_cleaner=not launcher.EMBEDDED or ctx.tune_metric is not None)
+    return lean(
         train_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "ctx": ctx, "data": data,
                            "init": init, "features": features, "fit_id": uuid.uuid4().hex},
@@ -60,6 +62,45 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
             logging_config=LoggingConfig(log_level="WARNING"),
             callbacks=[*callbacks, _record_failures(ctx)]),
     )
+
+
+def _lean_trainer(keep_cleaner: bool):
+    """TorchTrainer without the Train helpers a run does not use, each an actor process whose
+    start costs ~1 s of a core before the first step (`perf/startup_s` of the digits demo on
+    2 cores 17-18 -> 12-15 s with the autoscaling coordinator started early, see
+    start_train_helpers):
+    - the dataset manager, started even when no Ray Dataset is passed;
+    - the placement-group cleaner, which frees the workers' reservation if the controller dies
+      without doing so; in a Ray this process started (`launcher.EMBEDDED`) and that ends
+      with it, nothing outlives the run to need it.
+    Ray Train (2.60) has no option for either, so the trainer's private list of default
+    callbacks is filtered; tests/test_startup.py fails if the names move."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
+
+    class LeanTorchTrainer(TorchTrainer):
+        def _create_default_callbacks(self):
+            unused = (() if self.datasets else (DatasetsCallback,)) + (
+                () if keep_cleaner else (PlacementGroupCleanerCallback,))
+            return [c for c in super()._create_default_callbacks()
+                    if not isinstance(c, unused)]
+
+    return LeanTorchTrainer
+
+
+def start_train_helpers() -> None:
+    """Start Ray Train's autoscaling coordinator now rather than when the controller asks for
+    it: the controller waits ~1-2 s for this actor's process before it starts any worker, and
+    started here it comes up while the driver opens the run and loads the data. The controller
+    finds it by name (one per cluster, detached: Ray Train's own choice)."""
+    from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+        get_or_create_autoscaling_coordinator,
+    )
+
+    get_or_create_autoscaling_coordinator()
 
 
 def _fit_reporting(trainer, queue, ctx: RunContext):
@@ -188,6 +229,7 @@ def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
     from trainyard.supervised.data import load_dataset, unigram_bits_per_char
     from trainyard.supervised.task_kinds import make_task
 
+    start_train_helpers()
     data = load_dataset(spec.data, ctx.seed, make_task(spec).pixels)
     data = make_task(spec, data.info).prepare(data)
     if spec.train.batch_size > len(data.train):

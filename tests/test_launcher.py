@@ -200,3 +200,62 @@ def test_run_on_a_token_auth_cluster_keeps_auth_on(workdir):
         assert "FINISHED" in ran.stdout
     finally:
         subprocess.run(["pkill", "-9", "-f", temp], check=False)
+
+
+def test_embedded_run_starts_only_the_train_helpers_it_uses(workdir, store_uri):
+    """Each Ray Train helper is an actor process that costs start-up on a small machine. A run
+    in a Ray of its own passes no Ray Dataset and outlives nothing, so it starts neither the
+    dataset manager nor the placement-group cleaner; the run's kept worker logs name every
+    actor that ran."""
+    from conftest import runs_of
+
+    assert main(["run", str(DIGITS), "-o", "stop.epochs=1"]) == 0
+    client, (run,) = runs_of(store_uri, "digits")
+    assert run.info.status == "FINISHED" and run.data.metrics["perf/startup_s"] > 0
+    folder = Path(client.download_artifacts(run.info.run_id, "logs/ray", str(workdir)))
+    actors = {line.removeprefix(":actor_name:").strip()
+              for log in folder.iterdir() for line in log.read_text().splitlines()[:5]
+              if line.startswith(":actor_name:")}
+    assert {"TrainController", "RayTrainWorker", "_AutoscalingCoordinatorActor"} <= actors
+    assert not actors & {"DatasetManager", "PlacementGroupCleaner"}
+
+
+@pytest.mark.parametrize("embedded, sweep, datasets", [
+    (True, False, False), (False, False, False), (True, True, False), (True, False, True)])
+def test_lean_trainer_keeps_the_helpers_a_run_needs(monkeypatch, tmp_path, embedded, sweep,
+                                                    datasets):
+    """Ray Train's default callbacks by class name, as the lean trainer filters them: the
+    cleaner stays for a sweep trial (Tune may kill its controller) and for a Ray that outlives
+    the run (a cluster, a notebook's); the dataset manager stays when a Ray Dataset is passed.
+    Fails if Ray Train renames what is filtered."""
+    from types import SimpleNamespace
+
+    from trainyard import launcher
+    from trainyard.loader import load_spec
+    from trainyard.supervised.trainer import build_trainer
+
+    monkeypatch.setattr(launcher, "EMBEDDED", embedded)
+    ctx = SimpleNamespace(storage_name="lean", storage_path=str(tmp_path), run=None,
+                          tune_metric="val/accuracy" if sweep else None)
+    built = build_trainer(load_spec(str(DIGITS), []).spec, ctx, None)
+    if datasets:
+        built.datasets = {"train": object()}
+    names = {type(c).__name__ for c in built._create_default_callbacks()}
+    assert "BackendSetupCallback" in names
+    assert ("PlacementGroupCleanerCallback" in names) == (not embedded or sweep)
+    assert ("DatasetsCallback" in names) == datasets
+
+
+def test_preload_imports_and_calls_in_order():
+    """Ray's start is mostly waiting: what the run needs next is readied beside it, modules
+    imported and functions (opening MLflow's store) called, one after another."""
+    import threading
+
+    from trainyard.launcher import _preload
+
+    done, seen = threading.Event(), []
+    _preload(("json", lambda: seen.append(1), lambda: 1 / 0, lambda: seen.append(2)))
+    _preload((lambda: done.set(),))
+    assert done.wait(10)
+    time.sleep(0.2)
+    assert seen == [1]  # a failure stops the rest: the main thread's own call reports it
