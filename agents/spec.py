@@ -248,7 +248,7 @@ class RLEvaluation(Section):
         "mcts:<simulations> (OpenSpiel's MCTS, random rollouts); None: alphabeta:3 and "
         "mcts:100. An opponent also in the pool is reported apart (eval/training_pool/...)")
     opening_plies: int | None = Field(
-        None, ge=0, description="two-player games: evaluation games start from random "
+        None, ge=0, le=8, description="two-player games: evaluation games start from random "
         "openings of this many moves (the same seeded set for every run, each played with "
         "both colours); None: 4 for Connect Four, 2 for tic-tac-toe; 0: the empty board")
 

@@ -3,10 +3,12 @@ replay of a trained checkpoint: tests/agents/test_dqn_cartpole.py)."""
 
 from __future__ import annotations
 
+import pytest
+
 from conftest import CARTPOLE, DIGITS, REPO
 from trainyard import tracking
 from trainyard.cli import main
-from trainyard.loader import dump_spec, load_spec
+from trainyard.loader import SpecError, dump_spec, load_spec
 
 
 def test_eval_of_unknown_run_or_supervised_run_exits_2(workdir, store_uri, capsys):
@@ -35,3 +37,9 @@ def test_two_player_flags_are_refused_where_they_cannot_apply(workdir, store_uri
     for flag, top in (("--search-depth", 4), ("--opening-plies", 8)):
         assert main(["eval", game, flag, str(top + 1), "--tracking-uri", store_uri]) == 2
         assert f"{flag} must be between 0 and {top}" in capsys.readouterr().err
+    # the job's own fields stop where the flags stop
+    for field, top in (("agent.play_search_depth", 4), ("evaluation.opening_plies", 8)):
+        with pytest.raises(SpecError, match=f"{field}: input should be less than or equal "
+                           f"to {top}"):
+            load_spec(REPO / "agents" / "configs" / "selfplay_tictactoe.yaml",
+                      [f"{field}={top + 1}"])
