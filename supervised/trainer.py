@@ -65,16 +65,15 @@ def build_trainer(spec: SupervisedJob, ctx: RunContext, data, init=None, callbac
 
 
 def _lean_trainer(keep_cleaner: bool):
-    """TorchTrainer without the Train helpers a run does not use, each an actor process whose
-    start costs ~1 s of a core before the first step (`perf/startup_s` of the digits demo on
-    2 cores 17-18 -> 12-15 s with the autoscaling coordinator started early, see
-    start_train_helpers):
+    """TorchTrainer without the Train helpers a run does not use, each an actor process that
+    imports Ray on a core the workers are starting on before the first step (README,
+    "Start-up"):
     - the dataset manager, started even when no Ray Dataset is passed;
     - the placement-group cleaner, which frees the workers' reservation if the controller dies
       without doing so; in a Ray this process started (`launcher.EMBEDDED`) and that ends
       with it, nothing outlives the run to need it.
     Ray Train (2.60) has no option for either, so the trainer's private list of default
-    callbacks is filtered; tests/test_startup.py fails if the names move."""
+    callbacks is filtered; tests/test_launcher.py fails if the names move."""
     from ray.train.torch import TorchTrainer
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import (
@@ -93,7 +92,7 @@ def _lean_trainer(keep_cleaner: bool):
 
 def start_train_helpers() -> None:
     """Start Ray Train's autoscaling coordinator now rather than when the controller asks for
-    it: the controller waits ~1-2 s for this actor's process before it starts any worker, and
+    it: the controller waits for this actor's process to start before it starts any worker, and
     started here it comes up while the driver opens the run and loads the data. The controller
     finds it by name (one per cluster, detached: Ray Train's own choice)."""
     from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
