@@ -171,8 +171,10 @@ def test_a_dcgan_trains_two_ddp_networks_and_is_measured(workdir, ray_once):
     from conftest import REPO
 
     job = REPO / "supervised" / "configs" / "dcgan_digits.yaml"
+    # two DDP ranks (the shipped config trains on one worker), so both networks are wrapped
     assert main(["run", str(job), "-o", "stop.epochs=16", "-o", "tracking.system_metrics=false",
-                 "-o", "eval.images_every_epochs=4"]) == 0
+                 "-o", "eval.images_every_epochs=4", "-o", "resources.workers=2",
+                 "-o", "resources.cpus_per_worker=1"]) == 0
     client, [run] = runs_of(f"sqlite:///{workdir / 'trainyard-runs' / 'mlflow.db'}",
                             "generative")
     metrics, run_id = run.data.metrics, run.info.run_id
