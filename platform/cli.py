@@ -47,15 +47,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _preloads(spec) -> tuple:
-    """What a command that trains or plays `spec` needs once Ray is up: MLflow's store, opened
-    (a fresh one migrated), and the workload's own modules; readied while Ray starts (see
-    launcher.ray_session)."""
-    import functools
-
+    """What a command that trains or plays `spec` needs once Ray is up, readied while Ray starts
+    (launcher.ray_session): MLflow's store opened (a fresh one migrated), the workload's modules."""
     from trainyard import tracking
 
-    store = functools.partial(tracking.store_client, tracking.resolve_uri(spec.tracking.uri))
-    return (*tracking.PRELOAD, store, *get_workload(spec.kind).preload)
+    uri = tracking.resolve_uri(spec.tracking.uri)
+    return (*tracking.PRELOAD, lambda: tracking.store_client(uri), *get_workload(spec.kind).preload)
 
 
 def _shared_storage(loaded, address, allow: bool) -> None:

@@ -1,5 +1,6 @@
 """The house rules the code's layout keeps: no import circles among trainyard's modules,
-imports inside functions counted (only `if TYPE_CHECKING:` imports are exempt)."""
+imports inside functions counted (only `if TYPE_CHECKING:` imports are exempt), and no
+product file over 400 lines."""
 
 from __future__ import annotations
 
@@ -77,3 +78,12 @@ def test_no_import_circles_counting_imports_inside_functions():
     known = set(modules)
     graph = {name: _imports(tree, known) - {name} for name, tree in modules.items()}
     assert _circles(graph) == []
+
+
+def test_no_product_file_over_400_lines():
+    """A file that outgrows 400 lines holds more than one role: split it by role (as the
+    league, evaluation and play were split from the self-play module)."""
+    long = {str(path.relative_to(REPO)): n for folder in PACKAGES
+            for path in (REPO / folder).rglob("*.py")
+            if (n := len(path.read_text().splitlines())) > 400}
+    assert long == {}
