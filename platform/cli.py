@@ -51,8 +51,8 @@ def _preloads(spec) -> tuple:
     (launcher.ray_session): MLflow's store opened (a fresh one migrated), the workload's modules."""
     from trainyard import tracking
 
-    uri = tracking.resolve_uri(spec.tracking.uri)
-    return (*tracking.PRELOAD, lambda: tracking.store_client(uri), *get_workload(spec.kind).preload)
+    uri, workload = tracking.resolve_uri(spec.tracking.uri), get_workload(spec.kind)
+    return (*tracking.PRELOAD, lambda: tracking.store_client(uri), *workload.preloads(spec))
 
 
 def _shared_storage(loaded, address, allow: bool) -> None:

@@ -68,9 +68,13 @@ class Workload:
     #: the headline metric of one job when it depends on the job (fn(spec) -> metric name),
     #: e.g. a supervised VAE's val/elbo; None: `headline_metric` for every job of the kind
     headline: Callable[["JobBase"], str] | None = None
-    #: modules `train` will import (torch, the engine, the workload's trainer): the CLI
-    #: imports them in a background thread while Ray starts, which mostly waits
-    preload: tuple[str, ...] = ()
+    #: modules `train` will import (torch, the engine, the workload's trainer), or fn(spec)
+    #: -> those of one job: the CLI imports them in a background thread while Ray starts,
+    #: which mostly waits
+    preload: tuple[str, ...] | Callable[["JobBase"], tuple[str, ...]] = ()
+
+    def preloads(self, spec: JobBase) -> tuple[str, ...]:
+        return self.preload(spec) if callable(self.preload) else self.preload
 
 
 def headline_of(spec: "JobBase") -> str:

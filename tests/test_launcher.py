@@ -259,3 +259,21 @@ def test_preload_imports_and_calls_in_order():
     assert done.wait(10)
     time.sleep(0.2)
     assert seen == [1]  # a failure stops the rest: the main thread's own call reports it
+
+
+def test_each_job_readies_the_modules_it_will_import():
+    """scikit-learn's datasets module (~0.9 s of a core) is readied for a digits job only; an
+    RL job's list is its workload's."""
+    from conftest import CARTPOLE, REPO
+    from trainyard.loader import load_spec
+    from trainyard.workloads import get_workload
+
+    def modules(path):
+        spec = load_spec(str(path), []).spec
+        return get_workload(spec.kind).preloads(spec)
+
+    assert "sklearn.datasets" in modules(DIGITS)
+    text = modules(REPO / "supervised" / "configs" / "gru_charlm.yaml")
+    assert "torch" in text and "sklearn.datasets" not in text
+    assert "ray.rllib.algorithms.dqn" in modules(CARTPOLE)
+
