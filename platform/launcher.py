@@ -61,12 +61,17 @@ def session_logs() -> Path | None:
     return folder if folder.is_dir() else None
 
 
-def _preload(items: tuple) -> None:
-    """Import `items` (module names) or call them (functions) in a background thread, in order.
-    Starting Ray is mostly waiting (for the GCS, the raylet, the dashboard to come up) and the
-    imports a run needs next (torch, MLflow's store, the engine) are mostly CPU, so they go side
-    by side; the main thread's own import of a module still loading waits for it under Python's
-    import lock, and its own call of a function still running repeats it."""
+PRELOAD_WAIT_S = 120.0  # (a fresh store's migration under another process's lock included)
+
+
+def _preload(items: tuple):
+    """Import `items` (module names) or call them (functions) in a background thread, in order;
+    returns the thread. Starting Ray is mostly waiting (for the GCS, the raylet, the dashboard
+    to come up) and the imports a run needs next (torch, MLflow's store, the engine) are mostly
+    CPU, so they go side by side. The caller joins the thread before it imports anything of its
+    own: two threads importing module chains that meet (scikit-learn's and Ray Tune's, through
+    pandas and scipy) can be handed each other's half-initialised modules, which broke a PBT
+    sweep's result table."""
     import importlib
     import threading
 
@@ -77,7 +82,9 @@ def _preload(items: tuple) -> None:
             except Exception:  # noqa: BLE001 - the main thread's own import or call reports it
                 return
 
-    threading.Thread(target=load, name="trainyard-preload", daemon=True).start()
+    thread = threading.Thread(target=load, name="trainyard-preload", daemon=True)
+    thread.start()
+    return thread
 
 
 class ResourceError(RuntimeError):
@@ -96,7 +103,7 @@ def ray_session(address: str | None = None, cpus: int | None = None,
     if ray.is_initialized():  # an embedding program (a test, a notebook) already started it
         yield dict(ray.cluster_resources())
         return
-    _preload(preload)
+    loading = _preload(preload)
     global JOINED, EMBEDDED
     JOINED = bool(address)
     # On a cluster the workers' logs stay on their nodes, so they stream here as before.
@@ -162,6 +169,7 @@ def ray_session(address: str | None = None, cpus: int | None = None,
         if not users_port:  # ours was for this start only
             os.environ.pop("RAY_GCS_SERVER_PORT", None)
     EMBEDDED = not address
+    loading.join(PRELOAD_WAIT_S)
     try:
         yield dict(ray.cluster_resources())
     finally:
