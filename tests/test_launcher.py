@@ -249,15 +249,12 @@ def test_lean_trainer_keeps_the_helpers_a_run_needs(monkeypatch, tmp_path, embed
 def test_preload_imports_and_calls_in_order():
     """Ray's start is mostly waiting: what the run needs next is readied beside it, modules
     imported and functions (opening MLflow's store) called, one after another."""
-    import threading
-
     from trainyard.launcher import _preload
 
-    done, seen = threading.Event(), []
-    _preload(("json", lambda: seen.append(1), lambda: 1 / 0, lambda: seen.append(2)))
-    _preload((lambda: done.set(),))
-    assert done.wait(10)
-    time.sleep(0.2)
+    seen = []
+    loading = _preload(("json", lambda: seen.append(1), lambda: 1 / 0, lambda: seen.append(2)))
+    loading.join(10)
+    assert not loading.is_alive()
     assert seen == [1]  # a failure stops the rest: the main thread's own call reports it
 
 
@@ -276,4 +273,3 @@ def test_each_job_readies_the_modules_it_will_import():
     text = modules(REPO / "supervised" / "configs" / "gru_charlm.yaml")
     assert "torch" in text and "sklearn.datasets" not in text
     assert "ray.rllib.algorithms.dqn" in modules(CARTPOLE)
-
