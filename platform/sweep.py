@@ -30,6 +30,7 @@ from trainyard.loader import LoadedSpec, dump_spec
 from trainyard.spec import JobBase, UserInputError, flatten
 from trainyard.sweep_space import SpaceExpr, parse_space_expr, to_tune
 from trainyard.sweep_summary import (
+    KEPT_RESULT_KEYS,
     SCHEDULER_STOPPED,
     close_children,
     log_summary,
@@ -142,6 +143,8 @@ class SweepMonitor:
     started: float = field(default_factory=time.monotonic)
     #: the MLflow store of the child runs, where a scheduler's stop is also written down
     uri: str = ""
+    #: every result each trial reported in this process, in order: trial id -> results
+    results: dict = field(default_factory=dict)
 
     def as_callback(self):
         from ray.tune import Callback
@@ -155,6 +158,9 @@ class SweepMonitor:
                 if result.get("done"):
                     monitor.stopped.add(trial.trial_id)
                     monitor.mark_stopped(result)
+                monitor.results.setdefault(trial.trial_id, []).append(
+                    {k: v for k, v in result.items() if k in KEPT_RESULT_KEYS
+                     or k == monitor.metric})
                 value = result.get(monitor.metric)
                 if isinstance(value, (int, float)) and not math.isnan(value) and (
                         monitor.best is None or (value > monitor.best if monitor.mode == "max"
@@ -342,7 +348,7 @@ def _fit_and_summarise(tuner, spec: JobBase, setup: TrialSetup, parent: RunRef,
         if status != "FINISHED":
             tracking.close_run(parent, status)
     wall = time.monotonic() - started
-    rows = trial_rows(grid, setup, spec, monitor.stopped)
+    rows = trial_rows(grid, setup, spec, monitor.stopped, monitor.results)
     close_children(rows, setup, spec.sweep.scheduler, monitor.stopped)
     summary = summarise(rows, setup, spec, wall, concurrent)
     log_summary(parent, summary, rows, setup, spec)

@@ -5,6 +5,7 @@ job YAML, and the parent run's artifacts (trials.csv, the plot) and terminal tab
 from __future__ import annotations
 
 import csv
+import numbers
 import statistics
 import sys
 import tempfile
@@ -19,22 +20,34 @@ from trainyard.sweep_space import parse_space_expr
 from trainyard.sweep_trial import COMPLETED, RUN_ID_KEY, TrialSetup, point_of, seed_of
 from trainyard.tracking import TAG, RunRef
 
+#: what the sweep keeps of each result it sees (besides the sweep's metric) for its summary
+KEPT_RESULT_KEYS = ("training_iteration", "perf/epoch_s", "perf/iteration_s")
 
-def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set) -> list[dict[str, Any]]:
-    """One row per trial: its point, seed, how it ended, its final and best metric."""
+
+def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set,
+               seen: dict[str, list[dict]]) -> list[dict[str, Any]]:
+    """One row per trial: its point, seed, how it ended, its final and best metric.
+
+    A trial's curve is the results this process saw it report (`seen`, trial id -> results).
+    Tune's own files are not the record: a trial that pauses and starts again (PBT's synch
+    mode pauses every trial at each perturbation) has its result.json and progress.csv copied
+    back from the sweep's storage, and whatever was reported since the last sync to storage is
+    lost, all of it in a short sweep. Tune's files are read only where they hold more (a
+    resumed sweep: this process saw only the results since the resume)."""
     metric, mode = spec.sweep.metric, spec.sweep.mode
     rows = []
     for result in grid:
         config = result.config or {}
         last = result.metrics or {}
         frame = result.metrics_dataframe
-        history = (frame[metric].dropna().tolist()
-                   if frame is not None and metric in frame.columns else [])
-        train_s = 0.0
-        for column in ("perf/epoch_s", "perf/iteration_s"):
-            if frame is not None and column in frame.columns:
-                train_s += float(frame[column].dropna().sum())
         trial_id = Path(result.path).name if result.path else last.get("trial_id", "")
+        seen_here = seen.get(trial_id, [])
+        reports = (frame.to_dict("records") if frame is not None
+                   and len(frame) > len(seen_here) else seen_here)
+        history = [r[metric] for r in reports if _number(r.get(metric))]
+        train_s = sum(float(r[column]) for r in reports
+                      for column in ("perf/epoch_s", "perf/iteration_s")
+                      if _number(r.get(column)))
         # A trial that ended on its own tagged its run "completed" (see `close_children`).
         state = "failed" if result.error else "stopped early" if trial_id in stopped else ""
         rows.append({
@@ -51,6 +64,11 @@ def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set) -> list[dic
             "error": str(result.error).strip().splitlines()[-1][:500] if result.error else "",
         })
     return rows
+
+
+def _number(value) -> bool:
+    """A real number, not NaN (a result before the metric's first value; a CSV's blank)."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and value == value
 
 
 #: tag on a trial's run that its sweep's scheduler stopped it (see SweepMonitor.mark_stopped)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import yaml
@@ -124,6 +125,34 @@ def test_summary_gives_mean_and_std_per_configuration_over_seeds():
     assert summary["best"]["train.lr"] == 0.01
     assert summary["count"] == {"completed": 3, "stopped early": 0, "failed": 1}
     assert summary["busy_fraction"] == pytest.approx(0.75)
+
+
+def test_a_trials_curve_is_what_the_sweep_saw_not_tunes_lossy_files():
+    # Tune copies a paused trial's result.json back from storage when it starts again: under
+    # PBT's synch mode a short sweep's files can end empty (CI, 6 December: exit 1, no scores)
+    import pandas as pd
+
+    spec = load_spec(DIGITS, ["sweep.metric=val/accuracy",
+                              "sweep.space={train.lr: 'choice(0.1, 0.01)'}"]).spec
+    setup = sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=[0], uri="",
+                                    experiment="", parent_id="p", metric="val/accuracy",
+                                    storage="")
+
+    def result(trial_id, frame):
+        return SimpleNamespace(config={"point": {"train.lr": 0.1}, "seed": 0}, error=None,
+                               metrics={"training_iteration": 2}, path=f"/s/p/{trial_id}",
+                               metrics_dataframe=frame)
+
+    seen = {"t0": [{"training_iteration": 1, "val/accuracy": 0.5, "perf/epoch_s": 2.0},
+                   {"training_iteration": 2, "val/accuracy": 0.9, "perf/epoch_s": 3.0}],
+            "t1": [{"training_iteration": 3, "val/accuracy": 0.7, "perf/epoch_s": 1.0}]}
+    resumed = pd.DataFrame({"val/accuracy": [0.2, float("nan"), 0.6, 0.7],
+                            "perf/epoch_s": [1.0, 1.0, 1.0, 1.0]})
+    rows = sweep_summary.trial_rows([result("t0", pd.DataFrame()), result("t1", resumed)],
+                                    setup, spec, stopped=set(), seen=seen)
+    assert (rows[0]["final"], rows[0]["best"], rows[0]["train_s"]) == (0.9, 0.9, 5.0)
+    # a resumed sweep saw only its last results: Tune's files hold more, and they are read
+    assert (rows[1]["final"], rows[1]["best"], rows[1]["train_s"]) == (0.7, 0.7, 4.0)
 
 
 # ------------------------------------------------------------------ real sweeps (slow)
@@ -282,6 +311,9 @@ def test_pbt_restarts_a_supervised_trial_from_another_trials_checkpoint(workdir,
     assert main(args) == 0
     client = MlflowClient(store_uri)
     parent, children = _parent_and_children(client, "digits-pbt")
+    trials = list(csv.DictReader(open(_artifact(client, parent, "sweep/trials.csv", workdir))))
+    assert len(trials) == 2 and all(t["final"] for t in trials), trials
+    assert parent.data.metrics["perf/trials_train_s"] > 0
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     restored = [c for c in children if "trainyard.restored_from" in c.data.tags]
     assert restored, "PBT never handed a checkpoint over"
