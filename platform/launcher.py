@@ -70,8 +70,7 @@ def _preload(items: tuple):
     to come up) and the imports a run needs next (torch, MLflow's store, the engine) are mostly
     CPU, so they go side by side. The caller joins the thread before it imports anything of its
     own: two threads importing module chains that meet (scikit-learn's and Ray Tune's, through
-    pandas and scipy) can be handed each other's half-initialised modules, which broke a PBT
-    sweep's result table."""
+    pandas and scipy) can be handed each other's half-initialised modules."""
     import importlib
     import threading
 
