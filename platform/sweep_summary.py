@@ -21,7 +21,8 @@ from trainyard.sweep_trial import COMPLETED, RUN_ID_KEY, TrialSetup, point_of, s
 from trainyard.tracking import TAG, RunRef
 
 #: what the sweep keeps of each result it sees (besides the sweep's metric) for its summary
-KEPT_RESULT_KEYS = ("training_iteration", "perf/epoch_s", "perf/iteration_s")
+KEPT_RESULT_KEYS = ("training_iteration", "time_total_s", "perf/epoch_s", "perf/iteration_s",
+                    "config", RUN_ID_KEY)
 
 
 def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set,
@@ -37,13 +38,18 @@ def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set,
     metric, mode = spec.sweep.metric, spec.sweep.mode
     rows = []
     for result in grid:
-        config = result.config or {}
-        last = result.metrics or {}
-        frame = result.metrics_dataframe
-        trial_id = Path(result.path).name if result.path else last.get("trial_id", "")
+        trial_id = Path(result.path).name if result.path else \
+            (result.metrics or {}).get("trial_id", "")
         seen_here = seen.get(trial_id, [])
-        reports = (frame.to_dict("records") if frame is not None
-                   and len(frame) > len(seen_here) else seen_here)
+        frame = result.metrics_dataframe
+        from_files = frame is not None and len(frame) > len(seen_here)
+        reports = frame.to_dict("records") if from_files else seen_here
+        # The row is the trial's last report: the values it trained with, the run it logged
+        # to. Not Tune's `last_result` where the sweep saw one: a trial that PBT hands another
+        # trial's checkpoint and that then has nothing left to train ends holding a copy of
+        # that trial's last result, config and run id included.
+        last = (result.metrics or {}) if from_files or not seen_here else seen_here[-1]
+        config = last.get("config") or result.config or {}
         history = [r[metric] for r in reports if _number(r.get(metric))]
         train_s = sum(float(r[column]) for r in reports
                       for column in ("perf/epoch_s", "perf/iteration_s")

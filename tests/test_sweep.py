@@ -25,6 +25,7 @@ from trainyard.cli import main
 from trainyard.loader import SpecError, load_spec
 from trainyard.spec import Sweep
 from trainyard.sweep_space import parse_space_expr
+from trainyard.sweep_trial import RUN_ID_KEY
 
 SWEEP_CARTPOLE = """
 name: cart
@@ -138,21 +139,31 @@ def test_a_trials_curve_is_what_the_sweep_saw_not_tunes_lossy_files():
                                     experiment="", parent_id="p", metric="val/accuracy",
                                     storage="")
 
-    def result(trial_id, frame):
-        return SimpleNamespace(config={"point": {"train.lr": 0.1}, "seed": 0}, error=None,
-                               metrics={"training_iteration": 2}, path=f"/s/p/{trial_id}",
-                               metrics_dataframe=frame)
+    def config(lr):
+        return {"point": {"train.lr": lr}, "seed": 0}
+
+    def result(trial_id, frame):  # Tune's view: t0's last result, as PBT copies it over
+        return SimpleNamespace(config=config(0.1), error=None, path=f"/s/p/{trial_id}",
+                               metrics={"training_iteration": 2, RUN_ID_KEY: "run-t0",
+                                        "config": config(0.1)}, metrics_dataframe=frame)
 
     seen = {"t0": [{"training_iteration": 1, "val/accuracy": 0.5, "perf/epoch_s": 2.0},
-                   {"training_iteration": 2, "val/accuracy": 0.9, "perf/epoch_s": 3.0}],
-            "t1": [{"training_iteration": 3, "val/accuracy": 0.7, "perf/epoch_s": 1.0}]}
+                   {"training_iteration": 2, "val/accuracy": 0.9, "perf/epoch_s": 3.0,
+                    RUN_ID_KEY: "run-t0", "config": config(0.1)}],
+            "t1": [{"training_iteration": 3, "val/accuracy": 0.7, "perf/epoch_s": 1.0}],
+            "t2": [{"training_iteration": 2, "val/accuracy": 0.6, "perf/epoch_s": 1.0,
+                    RUN_ID_KEY: "run-t2", "config": config(0.01)}]}
     resumed = pd.DataFrame({"val/accuracy": [0.2, float("nan"), 0.6, 0.7],
                             "perf/epoch_s": [1.0, 1.0, 1.0, 1.0]})
-    rows = sweep_summary.trial_rows([result("t0", pd.DataFrame()), result("t1", resumed)],
-                                    setup, spec, stopped=set(), seen=seen)
+    rows = sweep_summary.trial_rows(
+        [result("t0", pd.DataFrame()), result("t1", resumed), result("t2", pd.DataFrame())],
+        setup, spec, stopped=set(), seen=seen)
     assert (rows[0]["final"], rows[0]["best"], rows[0]["train_s"]) == (0.9, 0.9, 5.0)
     # a resumed sweep saw only its last results: Tune's files hold more, and they are read
     assert (rows[1]["final"], rows[1]["best"], rows[1]["train_s"]) == (0.7, 0.7, 4.0)
+    # PBT gave t2 t0's checkpoint at the end: Tune then holds t0's last result for t2 too,
+    # but t2's row is its own last report (its values, its run)
+    assert (rows[2]["run_id"], rows[2]["train.lr"], rows[2]["final"]) == ("run-t2", 0.01, 0.6)
 
 
 # ------------------------------------------------------------------ real sweeps (slow)
@@ -313,6 +324,9 @@ def test_pbt_restarts_a_supervised_trial_from_another_trials_checkpoint(workdir,
     parent, children = _parent_and_children(client, "digits-pbt")
     trials = list(csv.DictReader(open(_artifact(client, parent, "sweep/trials.csv", workdir))))
     assert len(trials) == 2 and all(t["final"] for t in trials), trials
+    # the last perturbation hands the weaker trial the stronger one's checkpoint, and Tune
+    # then holds the stronger one's last result (and run id) for both
+    assert {t["run_id"] for t in trials} == {c.info.run_id for c in children}, trials
     assert parent.data.metrics["perf/trials_train_s"] > 0
     assert len(children) == 2 and {c.info.status for c in children} == {"FINISHED"}
     restored = [c for c in children if "trainyard.restored_from" in c.data.tags]
