@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -83,9 +84,18 @@ def _search(spec: JobBase, setup: TrialSetup):
             search_alg = Repeater(search_alg, repeat=len(setup.seeds))
         param_space, num_samples = {}, sweep.num_samples * len(setup.seeds)
     elif sweep.scheduler == "pbt":
+        import numpy as np
+        from ray.tune.search import BasicVariantGenerator
+
         param_space = {p: to_tune(e) for p, e in exprs.items()}
         param_space["seed"] = tune.grid_search(setup.seeds)
         num_samples = sweep.num_samples
+        # sweep.seed draws the first population, as it draws random and grid points; PBT's
+        # mutations draw from the driver's global `random` and NumPy generators (Ray's PBT
+        # takes no seed), so those start from it too
+        search_alg = BasicVariantGenerator(random_state=sweep.seed)
+        random.seed(sweep.seed)
+        np.random.seed(sweep.seed)
     else:
         param_space = {"point": tune.grid_search(_points(exprs, sweep)),
                        "seed": tune.grid_search(setup.seeds)}

@@ -128,6 +128,30 @@ def test_summary_gives_mean_and_std_per_configuration_over_seeds():
     assert summary["busy_fraction"] == pytest.approx(0.75)
 
 
+def test_sweep_seed_draws_pbts_first_population():
+    from ray.tune.experiment import Experiment
+
+    setup = sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=[0], uri="",
+                                    experiment="", parent_id="p", metric="val/accuracy",
+                                    storage="")
+
+    def population(seed: int) -> list[float]:
+        spec = load_spec(DIGITS, [f"sweep={{metric: val/accuracy, scheduler: pbt, seed: {seed}, "
+                                  "num_samples: 3, space: {train.lr: 'loguniform(1e-3, 1e-2)'}}"]
+                         ).spec
+        space, search, _, samples = sweep_module._search(spec, setup)
+        search.add_configurations([Experiment("x", lambda config: None, config=space,
+                                              num_samples=samples)])
+        lrs = []
+        while (trial := search.next_trial()) is not None:
+            lrs.append(trial.config["train.lr"])
+        return lrs
+
+    first = population(0)
+    assert len(set(first)) == 3 and all(1e-3 <= lr <= 1e-2 for lr in first)
+    assert population(0) == first and population(1) != first
+
+
 def test_a_trials_curve_is_what_the_sweep_saw_not_tunes_lossy_files():
     # Tune copies a paused trial's result.json back from storage when it starts again: under
     # PBT's synch mode a short sweep's files can end empty (CI, 6 December: exit 1, no scores)
