@@ -341,8 +341,10 @@ def test_pbt_restarts_a_supervised_trial_from_another_trials_checkpoint(workdir,
             "-o", "model.widths=[8, 16]", "-o", "tracking.system_metrics=false",
             "-o", "tracking.experiment=digits-pbt",
             "-o", "sweep={metric: val/accuracy, scheduler: pbt, num_samples: 2, "
-                  "perturbation_interval: 1, pbt_synch: true, "
-                  "space: {train.lr: 'loguniform(1e-3, 1e-2)'}}"]  # both learn in 2 epochs
+                  "perturbation_interval: 1, pbt_synch: true, seed: 7, "
+                  "space: {train.lr: 'loguniform(1e-3, 1e-2)'}}"]
+    # seed 7 draws lr 0.0042 and 0.0079: both learn in 2 epochs (test accuracy 0.67 and 0.70;
+    # seed 0's 0.0019 reached 0.36, near the bar below)
     assert main(args) == 0
     client = MlflowClient(store_uri)
     parent, children = _parent_and_children(client, "digits-pbt")
