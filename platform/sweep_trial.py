@@ -122,7 +122,11 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         status = "KILLED"
         raise
     finally:
-        if status != "FINISHED":
+        # A stopped trial's process can outlive the sweep's end by a moment, and the sweep
+        # (close_children) may already have said why, in more words ("stopped early by asha
+        # after 2 reports"): a plain "stopped early" must not overwrite that.
+        if status == "FAILED" or (status == "KILLED" and not tracking.get_tags(ref).get(
+                f"{TAG}stop_reason")):
             tracking.set_tags(ref, {f"{TAG}stop_reason": "stopped early" if status == "KILLED"
                                     else "failed"})
         tracking.close_run(ref, status, curves_of=curve_keys(ref))
