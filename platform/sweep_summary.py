@@ -20,9 +20,11 @@ from trainyard.sweep_space import parse_space_expr
 from trainyard.sweep_trial import COMPLETED, RUN_ID_KEY, TrialSetup, point_of, seed_of
 from trainyard.tracking import TAG, RunRef
 
+#: the seconds a result spent training (an epoch; an RL iteration)
+TRAIN_SECONDS_KEYS = ("perf/epoch_s", "perf/iteration_s")
 #: what the sweep keeps of each result it sees (besides the sweep's metric) for its summary
-KEPT_RESULT_KEYS = ("training_iteration", "time_total_s", "perf/epoch_s", "perf/iteration_s",
-                    "config", RUN_ID_KEY)
+KEPT_RESULT_KEYS = ("training_iteration", "time_total_s", *TRAIN_SECONDS_KEYS, "config",
+                    RUN_ID_KEY)
 
 
 def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set,
@@ -51,8 +53,7 @@ def trial_rows(grid, setup: TrialSetup, spec: JobBase, stopped: set,
         last = (result.metrics or {}) if from_files or not seen_here else seen_here[-1]
         config = last.get("config") or result.config or {}
         history = [r[metric] for r in reports if _number(r.get(metric))]
-        train_s = sum(float(r[column]) for r in reports
-                      for column in ("perf/epoch_s", "perf/iteration_s")
+        train_s = sum(float(r[column]) for r in reports for column in TRAIN_SECONDS_KEYS
                       if _number(r.get(column)))
         # A trial that ended on its own tagged its run "completed" (see `close_children`).
         state = "failed" if result.error else "stopped early" if trial_id in stopped else ""

@@ -107,10 +107,15 @@ def test_points_are_deterministic_and_cross_grid_values():
     assert len(sweep_module._points(exprs, grid)) == 6  # every combination, once
 
 
+def _lr_setup(seeds: list[int]) -> sweep_trial.TrialSetup:
+    """A sweep over train.lr of the digits job, scored by val/accuracy, with no store."""
+    return sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=seeds, uri="",
+                                  experiment="", parent_id="p", metric="val/accuracy",
+                                  storage="")
+
+
 def test_summary_gives_mean_and_std_per_configuration_over_seeds():
-    setup = sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=[0, 1], uri="",
-                                    experiment="", parent_id="p", metric="val/accuracy",
-                                    storage="")
+    setup = _lr_setup(seeds=[0, 1])
     spec = load_spec(DIGITS, ["sweep.metric=val/accuracy",
                               "sweep.space={train.lr: 'choice(0.1, 0.01)'}"]).spec
     rows = [{"train.lr": 0.1, "final": 0.8, "state": "completed", "train_s": 1.0, "wall_s": 2.0},
@@ -131,9 +136,7 @@ def test_summary_gives_mean_and_std_per_configuration_over_seeds():
 def test_sweep_seed_draws_pbts_first_population():
     from ray.tune.experiment import Experiment
 
-    setup = sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=[0], uri="",
-                                    experiment="", parent_id="p", metric="val/accuracy",
-                                    storage="")
+    setup = _lr_setup(seeds=[0])
 
     def population(seed: int) -> list[float]:
         spec = load_spec(DIGITS, [f"sweep={{metric: val/accuracy, scheduler: pbt, seed: {seed}, "
@@ -159,9 +162,7 @@ def test_a_trials_curve_is_what_the_sweep_saw_not_tunes_lossy_files():
 
     spec = load_spec(DIGITS, ["sweep.metric=val/accuracy",
                               "sweep.space={train.lr: 'choice(0.1, 0.01)'}"]).spec
-    setup = sweep_trial.TrialSetup(base={}, paths=["train.lr"], seeds=[0], uri="",
-                                    experiment="", parent_id="p", metric="val/accuracy",
-                                    storage="")
+    setup = _lr_setup(seeds=[0])
 
     def config(lr):
         return {"point": {"train.lr": lr}, "seed": 0}
