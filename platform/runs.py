@@ -19,6 +19,7 @@ from typing import Any
 from trainyard import launcher, provenance, tracking
 from trainyard.loader import LoadedSpec, dump_spec, validate_data
 from trainyard.progress import ProgressChannel, ProgressPrinter
+from trainyard.records import Records
 from trainyard.spec import JobBase, flatten, one_line
 from trainyard.tracking import TAG, RunRef
 from trainyard.workloads import get_workload, headline_of
@@ -95,7 +96,8 @@ def _execute(spec: JobBase, ctx: RunContext, label: str) -> RunOutcome:
     workload = get_workload(spec.kind)
     start, wall_start = time.monotonic(), time.time()
     ctx.progress = ProgressChannel()
-    printer = ProgressPrinter(ctx.progress, f"[{label}]", headline_of(spec))
+    printer = ProgressPrinter(ctx.progress, f"[{label}]", headline_of(spec),
+                              records=Records(ctx.run, ctx.skip_through))
     status = "FAILED"
     try:
         with tracking.SystemMetrics(ctx.run, spec.tracking.system_metrics, ctx.resume), printer:

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from trainyard import tracking
 from trainyard.checkpoints import save_state
 
 
@@ -65,7 +64,7 @@ def sample_text(model, vocab: list[str], prompt: str, context: int, length: int,
     return "".join(vocab[i] for i in ids)
 
 
-def log_run_artifacts(spec, ref, model, data, device) -> None:
+def log_run_artifacts(spec, records, model, data, device) -> None:
     """Rank 0, after training, with the best weights loaded into `model`."""
     info = data.info
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,19 +75,19 @@ def log_run_artifacts(spec, ref, model, data, device) -> None:
             "class_names": info.class_names, "vocab": info.vocab, "seq_len": info.seq_len,
             "in_channels": info.in_channels, "pixel_mean": info.pixel_mean,
             "pixel_std": info.pixel_std}))
-        tracking.log_artifacts(ref, folder, "best_model")
+        records.log_artifacts(folder, "best_model")
         if info.task == "lm":
             prompts = ["The ", "def ", "In "][: spec.output.samples]
             text = "\n\n----\n\n".join(sample_text(model, info.vocab, p, info.seq_len, 300,
                                                     seed=i) for i, p in enumerate(prompts))
             if text:
-                tracking.log_text(ref, text, "samples.txt")
+                records.log_text(text, "samples.txt")
         else:
             matrix = confusion_matrix(model, data.test, device, info.num_classes)
             plot_confusion(matrix, info.class_names, Path(tmp, "confusion_matrix.png"))
-            tracking.log_artifact(ref, Path(tmp, "confusion_matrix.png"), "plots")
+            records.log_artifact(Path(tmp, "confusion_matrix.png"), "plots")
     if spec.output.log_model:
         example = data.val.tensors[0][:2]
-        tracking.log_torch_model(ref, model.cpu().eval(), example.numpy(),
-                                 spec.output.register_as)
+        records.log_torch_model(model.cpu().eval(), example.numpy(),
+                                spec.output.register_as)
         model.to(device)

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from trainyard import tracking
 from trainyard.checkpoints import save_state
 from trainyard.supervised import gen_metrics
 from trainyard.supervised.generative import (
@@ -37,15 +36,15 @@ def _side(data) -> int:
     return int(data.val.tensors[0].shape[-1])
 
 
-def _log_grid(ref, images: torch.Tensor, key: str, step: int, columns: int = 8) -> np.ndarray:
+def _log_grid(records, images: torch.Tensor, key: str, step: int, columns: int = 8) -> np.ndarray:
     from trainyard.media import grid
 
     picture = grid(images.detach().cpu().numpy(), columns, SCALE if images.shape[-1] < 32 else 1)
-    tracking.log_image(ref, picture, key, step)
+    records.log_image(picture, key, step)
     return picture
 
 
-def _save_best(ref, nets: Nets, spec, info, sampler: nn.Module, side: int) -> None:
+def _save_best(records, nets: Nets, spec, info, sampler: nn.Module, side: int) -> None:
     """best_model/: every network's weights (weights-only state.pt) and info.json; the
     sampler (noise -> pixels in [0, 1]) as the MLflow pytorch flavour."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -55,11 +54,11 @@ def _save_best(ref, nets: Nets, spec, info, sampler: nn.Module, side: int) -> No
             "model": spec.model.model_dump(mode="json"), "task": spec.task,
             "class_names": info.class_names, "in_channels": info.in_channels,
             "image_side": side}))
-        tracking.log_artifacts(ref, folder, "best_model")
+        records.log_artifacts(folder, "best_model")
     if spec.output.log_model:
         noise = torch.randn(2, sampler.noise_dim)
-        tracking.log_torch_model(ref, sampler.cpu().eval(), noise.numpy(),
-                                 spec.output.register_as)
+        records.log_torch_model(sampler.cpu().eval(), noise.numpy(),
+                                spec.output.register_as)
 
 
 class SampleQuality:
@@ -105,13 +104,13 @@ class SampleQuality:
         self._nearest = images[:16], train_images
         return metrics
 
-    def log_nearest(self, ref) -> None:
+    def log_nearest(self, records) -> None:
         """Samples over their nearest training images: copies would show as twins."""
         if self._nearest is not None:
             samples, train = self._nearest
             index, _ = gen_metrics.nearest(samples.flatten(1).numpy(), train.flatten(1).numpy())
             pairs = torch.stack([samples, train[torch.from_numpy(index)]], 1).flatten(0, 1)
-            _log_grid(ref, pairs, "nearest_training_image", 0)
+            _log_grid(records, pairs, "nearest_training_image", 0)
 
 
 # --------------------------------------------------------------------------- VAE
@@ -182,7 +181,7 @@ class VAETask(SampleQuality, Task):
             metrics.update(self.sample_metrics(images, data))
         return metrics
 
-    def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
+    def epoch_images(self, nets: Nets, data, records, step: int, epoch: int) -> None:
         if epoch % self.spec.eval.images_every_epochs:
             return
         vae = nets["model"]
@@ -192,18 +191,18 @@ class VAETask(SampleQuality, Task):
             x = data.val.tensors[0][:32].to(device)
             recon = torch.sigmoid(vae.decode(vae.encode(x)[0]))
             pairs = torch.stack([x, recon], 1).flatten(0, 1)  # input, reconstruction, ...
-            _log_grid(ref, pairs, "reconstructions", step)
+            _log_grid(records, pairs, "reconstructions", step)
             z = torch.randn(GRID, vae.latent_dim, generator=torch.Generator().manual_seed(0))
-            _log_grid(ref, torch.sigmoid(vae.decode(z.to(device))), "samples", step)
+            _log_grid(records, torch.sigmoid(vae.decode(z.to(device))), "samples", step)
             if vae.latent_dim == 2:
                 means = vae.encode(data.test.tensors[0].to(device))[0].cpu().numpy()
-                tracking.log_image(ref, _scatter(means, data.test.tensors[1].numpy(),
-                                                 self.info.class_names), "latent", step)
+                records.log_image(_scatter(means, data.test.tensors[1].numpy(),
+                                          self.info.class_names), "latent", step)
 
-    def final_artifacts(self, nets: Nets, data, ref, device) -> None:
-        self.log_nearest(ref)
+    def final_artifacts(self, nets: Nets, data, records, device) -> None:
+        self.log_nearest(records)
         vae = nets["model"].cpu()
-        _save_best(ref, nets, self.spec, self.info, Sampler(vae, vae.latent_dim), _side(data))
+        _save_best(records, nets, self.spec, self.info, Sampler(vae, vae.latent_dim), _side(data))
 
 
 class VAENet(ConvVAE):
@@ -368,18 +367,18 @@ class GANTask(SampleQuality, Task):
         return self.sample_metrics(self.samples(self.sampler(nets), self.spec.eval.samples),
                                    data)
 
-    def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
+    def epoch_images(self, nets: Nets, data, records, step: int, epoch: int) -> None:
         if epoch % self.spec.eval.images_every_epochs == 0:
-            self.frames.append(_log_grid(ref, self.samples(self.sampler(nets), GRID),
+            self.frames.append(_log_grid(records, self.samples(self.sampler(nets), GRID),
                                          "samples", step))
 
-    def final_artifacts(self, nets: Nets, data, ref, device) -> None:
+    def final_artifacts(self, nets: Nets, data, records, device) -> None:
         from trainyard.media import write_gif
 
         with tempfile.TemporaryDirectory() as tmp:
             if self.frames:
                 gif = write_gif(self.frames, Path(tmp, "samples_over_training.gif"), fps=4)
-                tracking.log_artifact(ref, gif, "plots")
-        self.log_nearest(ref)
+                records.log_artifact(gif, "plots")
+        self.log_nearest(records)
         gen = self.sampler(nets).cpu()
-        _save_best(ref, nets, self.spec, self.info, Sampler(gen, gen.noise_dim), _side(data))
+        _save_best(records, nets, self.spec, self.info, Sampler(gen, gen.noise_dim), _side(data))

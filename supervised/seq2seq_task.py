@@ -14,7 +14,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from trainyard import tracking
 from trainyard.checkpoints import save_state
 from trainyard.supervised.seq2seq import (
     GRUSeq2Seq,
@@ -131,7 +130,7 @@ class Seq2SeqTask(Task):
         return [int(i) for k in range(len(self.info.groups))
                 for i in np.flatnonzero(groups == k)[:per]]
 
-    def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
+    def epoch_images(self, nets: Nets, data, records, step: int, epoch: int) -> None:
         if epoch % self.spec.eval.images_every_epochs:
             return
         model = nets["model"]
@@ -146,9 +145,9 @@ class Seq2SeqTask(Task):
             source = [self.source.tokens[i] for i in src[0].tolist() if i != PAD]
             output = [self.target.tokens[i] for i in ids[0].tolist()]
             picture = heatmap(weights[0].cpu().numpy(), source, output)
-            tracking.log_image(ref, picture, f"attention_{n}", step)
+            records.log_image(picture, f"attention_{n}", step)
 
-    def final_artifacts(self, nets: Nets, data, ref, device) -> None:
+    def final_artifacts(self, nets: Nets, data, records, device) -> None:
         model = nets["model"]
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp, "best_model")
@@ -157,13 +156,13 @@ class Seq2SeqTask(Task):
                 "model": self.spec.model.model_dump(mode="json"), "task": "seq2seq",
                 "source_vocab": self.source.tokens, "target_vocab": self.target.tokens,
                 "word_tokens": self.info.word_tokens}))
-            tracking.log_artifacts(ref, folder, "best_model")
+            records.log_artifacts(folder, "best_model")
         table = getattr(self, "_table", [])
         wrong = [r for r in table if r[1] != r[2]]
         shown = wrong[:20] + [r for r in table if r[1] == r[2]][:10]
         lines = ["| group | source | output | reference |", "|---|---|---|---|"]
         lines += [f"| {k} | {s} | {g} | {t} |" for s, g, t, k in shown]
-        tracking.log_text(ref, "\n".join(lines) + "\n", "translations.md")
+        records.log_text("\n".join(lines) + "\n", "translations.md")
 
 
 def heatmap(weights: np.ndarray, source: list[str], output: list[str]) -> np.ndarray:

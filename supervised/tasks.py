@@ -172,14 +172,14 @@ class Task:
         return {f"test/{k}": v for k, v in self.evaluate(nets, data.test, device,
                                                          autocast).items()}
 
-    def epoch_images(self, nets: Nets, data, ref, step: int, epoch: int) -> None:
+    def epoch_images(self, nets: Nets, data, records, step: int, epoch: int) -> None:
         """Rank 0, after an epoch: pictures of training so far (generative tasks)."""
 
-    def final_artifacts(self, nets: Nets, data, ref, device) -> None:
+    def final_artifacts(self, nets: Nets, data, records, device) -> None:
         """Rank 0, after the test: the best model and the task's end-of-run artifacts."""
         from trainyard.supervised import artifacts
 
-        artifacts.log_run_artifacts(self.spec, ref, nets["model"], data, device)
+        artifacts.log_run_artifacts(self.spec, records, nets["model"], data, device)
 
 
 class LanguageModel(Task):

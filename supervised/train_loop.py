@@ -1,8 +1,9 @@
 """The supervised training loop: one function that Ray Train runs on every worker (DDP rank).
 
 One worker or many, CPU or GPU, it is the same code: Ray Train sets up the process group, wraps
-the model in DDP and gives each worker its device. Rank 0 logs to MLflow and writes the
-checkpoints; every rank calls `ray.train.report` each epoch (it is a barrier in Train V2).
+the model in DDP and gives each worker its device. Rank 0 records the run (`trainyard.records`)
+and writes the checkpoints; every rank calls `ray.train.report` each epoch (it is a barrier in
+Train V2).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from trainyard import tracking
 from trainyard.checkpoints import load_state, save_state
+from trainyard.records import for_rank0 as records_for_rank0
 from trainyard.supervised.data import ShardBatches, StreamedTrain
 from trainyard.supervised.finetune import apply_init
 from trainyard.supervised.spec import SupervisedJob
@@ -153,9 +155,14 @@ def train_loop(config: dict[str, Any]) -> None:
     nets = {name: net.to(device) if name in task.averaged else ray.train.torch.prepare_model(net)
             for name, net in nets.items()}  # DDP
     plain = {name: getattr(net, "module", net) for name, net in nets.items()}
-    _tag_nodes(ctx, rank, world)
-    logger = _rank0_logger(ctx, config.get("fit_id"), state["global_step"]) if rank == 0 \
-        else None
+    nodes = _nodes(rank, world)
+    records = records_for_rank0(ctx) if rank == 0 else None
+    if records is not None:
+        # The threads torch computes with on each worker (Ray sets OMP_NUM_THREADS from the
+        # worker's CPUs): what to look at first when samples/s disappoint.
+        records.begin(config.get("fit_id"), state["global_step"],
+                      {**nodes, f"{tracking.TAG}torch_threads": torch.get_num_threads()},
+                      ctx.startup_seconds())
     started = time.monotonic()
 
     for epoch in range(state["epoch"] + 1, spec.stop.epochs + 1):
@@ -183,11 +190,14 @@ def train_loop(config: dict[str, Any]) -> None:
             rank, device)
         patience_out = spec.stop.patience and state["stale"] >= spec.stop.patience
         last = epoch == spec.stop.epochs or bool(out_of_time) or bool(patience_out)
+        checkpoint_due = last or epoch % spec.checkpoint.every_epochs == 0
         if rank == 0:
-            logger.log(metrics, step=state["global_step"])
-            task.epoch_images(plain, data, ctx.run, state["global_step"], epoch)
+            records.log(metrics, step=state["global_step"])
+            task.epoch_images(plain, data, records, state["global_step"], epoch)
             ctx.emit(f"epoch {epoch}/{spec.stop.epochs}", metrics)
-        _report(metrics, rank, last or epoch % spec.checkpoint.every_epochs == 0, {
+            if checkpoint_due:  # a resume starts after the checkpoint: its metrics first
+                records.flush()
+        _report(metrics, rank, checkpoint_due, {
             "nets": {name: net.state_dict() for name, net in plain.items()},
             "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
             "schedulers": {name: sch.state_dict() for name, sch in schedulers.items()},
@@ -201,44 +211,19 @@ def train_loop(config: dict[str, Any]) -> None:
              f"{monitor.replace('val/', 'val/best_')}": state["best"],
              "train/best_epoch": state["best_epoch"]}
     if rank == 0:
-        logger.log(final, step=state["global_step"])
-        task.final_artifacts(plain, data, ctx.run, device)
+        records.log(final, step=state["global_step"])
+        task.final_artifacts(plain, data, records, device)
     ray.train.report(final)
 
 
-def _tag_nodes(ctx, rank: int, world: int) -> None:
-    """Which Ray node each rank runs on: tags `trainyard.node.rank<k>`, written by rank 0 (a
-    restart after a lost node writes the new placement)."""
+def _nodes(rank: int, world: int) -> dict[str, str]:
+    """Which Ray node each rank runs on, as the tags `trainyard.node.rank<k>` (rank 0 writes
+    them at each start of the loop, so a restart after a lost node records the new placement)."""
     nodes = [ray.get_runtime_context().get_node_id()]
     if world > 1 and dist.is_initialized():
         mine, nodes = nodes[0], [None] * world
         dist.all_gather_object(nodes, mine)
-    if rank == 0:
-        tracking.set_tags(ctx.run, {f"{tracking.TAG}node.rank{r}": node
-                                    for r, node in enumerate(nodes)})
-
-
-def _rank0_logger(ctx, fit_id: str | None, step: int) -> tracking.RunLogger:
-    """Rank 0's MLflow logger, and the record of a restart.
-
-    After a worker failure Ray Train starts this loop again on every rank, from the latest
-    checkpoint: the epochs after it are trained again, and the logger drops their points that
-    the failed attempt already logged (a metric's steps never repeat). The restart is counted in
-    the tag `trainyard.faults.worker_restarts` and the metric `faults/worker_restarts`.
-    """
-    tags = tracking.get_tags(ctx.run)
-    if fit_id is None or tags.get(f"{tracking.TAG}fit_id") != fit_id:  # this fit's first start
-        # The threads torch computes with on each worker (Ray sets OMP_NUM_THREADS from the
-        # worker's CPUs): what to look at first when samples/s disappoint.
-        tracking.set_tags(ctx.run, {f"{tracking.TAG}fit_id": fit_id,
-                                    f"{tracking.TAG}torch_threads": torch.get_num_threads()})
-        logger = ctx.logger()
-        logger.log({"perf/startup_s": ctx.startup_seconds()}, step=step)
-        return logger
-    restarts = int(tags.get(f"{tracking.TAG}faults.worker_restarts", 0)) + 1
-    tracking.set_tags(ctx.run, {f"{tracking.TAG}faults.worker_restarts": restarts})
-    tracking.RunLogger(ctx.run).log({"faults/worker_restarts": restarts}, step=step)
-    return tracking.RunLogger(ctx.run, {**ctx.skip_through, **tracking.last_steps(ctx.run)})
+    return {f"{tracking.TAG}node.rank{r}": node for r, node in enumerate(nodes)}
 
 
 def _report(metrics: dict, rank: int, with_checkpoint: bool, state: dict) -> None:

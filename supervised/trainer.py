@@ -258,6 +258,8 @@ def train(spec: SupervisedJob, ctx: RunContext) -> dict[str, float]:
         queue = Queue(actor_options={"num_cpus": 0})
         trainer = build_trainer(spec, ctx, data, init, [_report_forwarder(queue)], features)
         result = _fit_reporting(trainer, queue, ctx)
+    if ctx.progress is not None:  # rank 0's last writes, done by this process (records.py)
+        ctx.progress.settle()
     if result.checkpoint is not None:
         tracking.set_tags(ctx.run, {f"{tracking.TAG}latest_checkpoint": result.checkpoint.path})
     return tracking.latest_metrics(ctx.run)
