@@ -14,6 +14,9 @@ The plug-in contract, for a new `kind`:
   `ctx.emit(label, metrics)` (the terminal's progress line), `ctx.startup_seconds()`,
   `ctx.resume` and `ctx.restore_from` (start from a checkpoint), `ctx.report(...)` (a sweep
   trial's results to Tune), `ctx.storage_path`/`ctx.storage_name` (where checkpoints go).
+  A Ray Train worker records through `trainyard.records.for_rank0(ctx)`: the same writes, done
+  by the driver while it runs the job (flush them before a checkpoint is reported; the
+  driver's `ctx.progress.settle()` waits for them before it reads the run back).
 - Checkpoints: folders named `checkpoint_<step>` under `storage_path/storage_name`, written
   whole into a temporary folder and renamed, holding only data the loaders in
   `trainyard.checkpoints` can read without running code (msgpack, `weights_only` torch
