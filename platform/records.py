@@ -106,7 +106,8 @@ class SentRecords:
         self.channel.flush()
 
     def log(self, metrics, step) -> None:
-        self._send("log", dict(metrics), step)
+        # plain floats: a value left on a GPU would not load in a driver without one
+        self._send("log", {key: float(value) for key, value in metrics.items()}, step)
 
     def set_tags(self, tags) -> None:
         self._send("set_tags", dict(tags))
