@@ -7,6 +7,7 @@ prefixed with Ray's actor tags and interleaved; this way the user reads one clea
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sys
 import threading
@@ -24,19 +25,13 @@ class _Mailbox:
     marks that the driver has reached (a sender waits on its mark: see `flush`)."""
 
     def __init__(self, maxsize: int):
-        import asyncio
-
         self.items: asyncio.Queue = asyncio.Queue(maxsize)
         self.marks: dict[str, asyncio.Event] = {}
 
-    def _mark(self, token: str):
-        import asyncio
-
+    def _mark(self, token: str) -> asyncio.Event:
         return self.marks.setdefault(token, asyncio.Event())
 
     async def put(self, item: Any, timeout: float | None = None) -> None:
-        import asyncio
-
         await asyncio.wait_for(self.items.put(item), timeout)
 
     def put_nowait(self, item: Any) -> None:
@@ -52,10 +47,10 @@ class _Mailbox:
         self._mark(token).set()
 
     async def wait_reached(self, token: str, timeout: float) -> None:
-        import asyncio
-
-        await asyncio.wait_for(self._mark(token).wait(), timeout)
-        del self.marks[token]
+        try:
+            await asyncio.wait_for(self._mark(token).wait(), timeout)
+        finally:
+            self.marks.pop(token, None)
 
 
 class ProgressChannel:
