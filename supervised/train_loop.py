@@ -155,7 +155,7 @@ def train_loop(config: dict[str, Any]) -> None:
     nets = {name: net.to(device) if name in task.averaged else ray.train.torch.prepare_model(net)
             for name, net in nets.items()}  # DDP
     plain = {name: getattr(net, "module", net) for name, net in nets.items()}
-    nodes = _nodes(rank, world)
+    nodes = _nodes(world)
     records = records_for_rank0(ctx) if rank == 0 else None
     if records is not None:
         # The threads torch computes with on each worker (Ray sets OMP_NUM_THREADS from the
@@ -216,7 +216,7 @@ def train_loop(config: dict[str, Any]) -> None:
     ray.train.report(final)
 
 
-def _nodes(rank: int, world: int) -> dict[str, str]:
+def _nodes(world: int) -> dict[str, str]:
     """Which Ray node each rank runs on, as the tags `trainyard.node.rank<k>` (rank 0 writes
     them at each start of the loop, so a restart after a lost node records the new placement)."""
     nodes = [ray.get_runtime_context().get_node_id()]
